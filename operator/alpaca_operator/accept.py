@@ -1,0 +1,87 @@
+"""Accepting a custom resource: validate its spec and compute the status and Events that follow.
+
+Pure: the handlers pass in what kopf gives them and apply what comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from alpaca_operator import conditions as cond
+from alpaca_operator.validation import Valid, describe, validate_spec
+
+
+@dataclass(frozen=True)
+class Event:
+    """An Event to post on the object."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What a reconcile decided: a status patch and the Events to post."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def _transition_events(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
+) -> list[Event]:
+    """One Event for every condition whose status or reason moved."""
+    return [
+        Event(
+            "Warning" if c["reason"] in cond.WARNING_REASONS else "Normal",
+            c["reason"],
+            f"{c['type']}={c['status']}: {c['message']}",
+        )
+        for c in after
+        if cond.changed(cond.find(before, c["type"]), c)
+    ]
+
+
+def accept(
+    spec: dict[str, Any],
+    spec_model: type[BaseModel],
+    generation: int | None,
+    status: dict[str, Any],
+    accepted_phase: str,
+    pending_message: str | None = None,
+) -> Outcome:
+    """Validate the spec; set Accepted (and, while stages are pending, Ready) and the phase."""
+    before = status.get("conditions") or []
+    result = validate_spec(spec, spec_model)
+    if isinstance(result, Valid):
+        conditions = cond.set_condition(
+            before, cond.ACCEPTED, "True", cond.SPEC_VALID, "The spec is valid.", generation
+        )
+        phase = accepted_phase
+    else:
+        conditions = cond.set_condition(
+            before,
+            cond.ACCEPTED,
+            "False",
+            cond.INVALID_SPEC,
+            f"Fix the spec: {describe(result)}",
+            generation,
+        )
+        phase = "Failed"
+    if pending_message is not None:
+        ready_status, reason, message = (
+            ("False", cond.STAGES_PENDING, pending_message)
+            if phase != "Failed"
+            else ("False", cond.INVALID_SPEC, "The spec is invalid; see the Accepted condition.")
+        )
+        conditions = cond.set_condition(
+            conditions, cond.READY, ready_status, reason, message, generation
+        )
+    return Outcome(
+        status={"phase": phase, "observedGeneration": generation, "conditions": conditions},
+        events=_transition_events(before, conditions),
+    )

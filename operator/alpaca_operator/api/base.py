@@ -1,0 +1,134 @@
+"""Building blocks shared by every API type: the base model, Kubernetes scalar types, conditions."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "alpaca.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the apiserver stores it (camelCase, unset optional fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry (a CEL rule checked by the apiserver)."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def defaulted(model: type[ApiModel], description: str, **overrides: Any) -> Any:
+    """A nested object field that defaults to the model's defaults, on both sides.
+
+    The CRD gets the full default object (not `{}`), so the apiserver fills the nested values in
+    (`kubectl get -o yaml` shows the values in effect) and CEL rules always see them.
+    """
+    return Field(
+        default_factory=lambda: model(**overrides),
+        description=description,
+        json_schema_extra={"default": model(**overrides).to_wire()},
+    )
+
+
+# --- Kubernetes scalar types -------------------------------------------------------------
+
+_QUANTITY_RE = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _quantity(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a Kubernetes quantity such as 8, 500m, 32Gi")
+    text = str(value)
+    if not _QUANTITY_RE.match(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (for example 8, 500m, 32Gi)")
+    return text
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": _QUANTITY_RE.pattern,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity (`8`, `500m`, `32Gi`), an int or a string on the wire."""
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
+"""A duration in Go's notation: `90s`, `15m`, `1h30m`."""
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+"""A DNS-1123 label: lower-case letters, digits and '-', at most 63 characters."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration string (`1h30m` -> 5400.0)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m or 1h30m")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# --- Conditions -------------------------------------------------------------------------
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """One observation of an aspect of the object, in the shape of metav1.Condition."""
+
+    type: str = Field(
+        description="What this condition is about, in CamelCase (for example WeightsReady).",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        max_length=316,
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation of the object this condition was computed from.",
+    )
+    last_transition_time: datetime = Field(
+        description="When the status last changed from one value to another."
+    )
+    reason: str = Field(
+        description="A CamelCase word for why the condition is in its status, for tools and alerts.",
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        min_length=1,
+        max_length=1024,
+    )
+    message: str = Field(
+        default="",
+        max_length=32768,
+        description="What happened and what a person can do about it.",
+    )

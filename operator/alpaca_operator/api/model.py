@@ -1,0 +1,227 @@
+"""AlpacaModel: an instruction-tuned LLM served over an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from alpaca_operator.api.base import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    Duration,
+    cel,
+    defaulted,
+)
+from alpaca_operator.api.capacity import Capacity, Resources
+from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Weights
+
+KIND = "AlpacaModel"
+PLURAL = "alpacamodels"
+
+
+class Prompt(ApiModel):
+    """How chat messages become the prompt the model was trained on."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "(self.template == 'custom') == has(self.custom)",
+                    "prompt.custom is required with template: custom, and only allowed with it",
+                    ".custom",
+                )
+            ]
+        }
+    }
+
+    template: Literal["alpaca", "none", "custom"] = Field(
+        default="alpaca",
+        description="alpaca: Stanford Alpaca's instruction templates (with and without input) "
+        "become the chat template. none: keep the model's own chat template. custom: the Jinja "
+        "chat template in prompt.custom.",
+    )
+    custom: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=65536,
+        description="A Jinja chat template (Hugging Face chat_template syntax), with template: custom.",
+    )
+
+
+class Engine(ApiModel):
+    """vLLM engine settings."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Weights and activations dtype; auto follows the model config."
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        description="Longest context (prompt + completion) in tokens; the model's own when unset. "
+        "Lower it to fit the KV cache on smaller GPUs.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU's memory vLLM may use for weights, activations and KV cache.",
+    )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="GPUs one replica's model is split across; at most resources.gpus.",
+    )
+    quantization: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+$",
+        description="vLLM quantization method (awq, gptq, fp8, bitsandbytes, ...); none when unset.",
+    )
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Further vLLM engine arguments, passed as they are (keys in vLLM's "
+        "snake_case, for example enable_prefix_caching: true).",
+    )
+
+
+class Autoscaling(ApiModel):
+    """Ray Serve autoscaling of replicas from ongoing requests; GPU nodes follow the replicas."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "autoscaling.minReplicas must be less than or equal to maxReplicas",
+                    ".minReplicas",
+                )
+            ]
+        }
+    }
+
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas. 0 scales to zero when idle and releases the GPUs; the first "
+        "request after that waits for a node and the model to load.",
+    )
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_ongoing_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Requests in flight per replica that the autoscaler aims for.",
+    )
+    scale_to_zero_delay: Duration = Field(
+        default="15m",
+        description="With minReplicas 0: how long without requests before the last replica goes.",
+    )
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter served beside the base model under its own model name."""
+
+    name: DnsLabel = Field(description="The model name clients ask for in the OpenAI API.")
+    source: str = Field(
+        pattern=SOURCE_PATTERN,
+        max_length=2048,
+        description=f"Where the adapter (adapter_config.json + weights) is: {SOURCE_HELP}.",
+    )
+
+
+class Images(ApiModel):
+    """Container images, when the defaults of this operator release are not wanted."""
+
+    serving: str | None = Field(
+        default=None, description="Ray + vLLM image for the RayService head and workers."
+    )
+    weights: str | None = Field(
+        default=None, description="Image of the Job that fills the weights cache."
+    )
+
+
+class AlpacaModelSpec(ApiModel):
+    """The desired state of an AlpacaModel."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.resources.gpus == 0 || self.engine.tensorParallelSize <= self.resources.gpus",
+                    "engine.tensorParallelSize must not exceed resources.gpus",
+                    ".engine.tensorParallelSize",
+                )
+            ]
+        }
+    }
+
+    weights: Weights = Field(description="The model's weights and their cache.")
+    served_model_name: DnsLabel | None = Field(
+        default=None,
+        description="The model name in the OpenAI API; the AlpacaModel's name when unset.",
+    )
+    prompt: Prompt = defaulted(
+        Prompt,
+        "Prompt format for chat requests.",
+    )
+    resources: Resources = defaulted(
+        Resources,
+        "GPUs, CPU and memory of one replica.",
+    )
+    capacity: Capacity = defaulted(
+        Capacity,
+        "Where replicas run and how GPU nodes are obtained.",
+    )
+    engine: Engine = defaulted(
+        Engine,
+        "vLLM engine settings.",
+    )
+    autoscaling: Autoscaling = defaulted(
+        Autoscaling,
+        "Replica autoscaling, down to zero if asked.",
+    )
+    adapters: list[Adapter] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="LoRA adapters served with the model, each under its own name.",
+    )
+    images: Images = defaulted(
+        Images,
+        "Image overrides.",
+    )
+
+
+ModelPhase = Literal[
+    "Pending", "Provisioning", "Downloading", "Deploying", "Ready", "Degraded", "Failed"
+]
+
+
+class AlpacaModelStatus(ApiModel):
+    """The observed state of an AlpacaModel, written by the operator."""
+
+    phase: ModelPhase | None = Field(
+        default=None,
+        description="The stage the model is in: Pending, Provisioning (GPU capacity), Downloading "
+        "(weights), Deploying (serving), Ready, Degraded (was ready, now partly not) or Failed "
+        "(needs a change to go on). The conditions say why.",
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation the status was computed from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Accepted, CapacityReady, WeightsReady, ServingReady and Ready.",
+    )
+    endpoint: str | None = Field(
+        default=None, description="Base URL of the OpenAI-compatible API (append /v1/...)."
+    )
+    replicas: int | None = Field(default=None, ge=0, description="Serving replicas wanted now.")
+    ready_replicas: int | None = Field(
+        default=None, ge=0, description="Serving replicas that answer requests."
+    )
+    ready: str | None = Field(default=None, description="readyReplicas/replicas, for kubectl get.")

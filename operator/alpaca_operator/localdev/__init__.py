@@ -1,0 +1,1 @@
+"""A local development environment: a real control plane on loopback, for tests and `make demo`."""

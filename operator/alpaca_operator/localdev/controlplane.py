@@ -1,0 +1,281 @@
+"""Real etcd + kube-apiserver on loopback, with a kubeconfig for an admin user.
+
+Used by the test suite's session fixture and by `make demo`. Everything lives in one folder
+(data, certificates, logs) that `stop()` removes; every process started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from alpaca_operator.localdev.pki import Pki, write_pki
+
+BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane did not come up; the message carries the end of its log."""
+
+
+class KubectlError(RuntimeError):
+    """kubectl exited non-zero; the message carries its stderr."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class ControlPlane:
+    """One local control plane. Use as a context manager, or call start() and stop()."""
+
+    bin_dir: Path
+    workdir: Path | None = None
+    extra_apiserver_args: list[str] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _owns_workdir: bool = False
+
+    # Filled by start():
+    url: str = ""
+    kubeconfig: Path = Path()
+    pki: Pki | None = None
+
+    def __post_init__(self) -> None:
+        missing = [b for b in BINARIES if not (self.bin_dir / b).is_file()]
+        if missing:
+            raise ControlPlaneError(
+                f"{', '.join(missing)} not found in {self.bin_dir}: run `make k8s-bins` "
+                "(or set KUBEBUILDER_ASSETS to a folder that has them)"
+            )
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def kubectl(self) -> Path:
+        return self.bin_dir / "kubectl"
+
+    def start(self, timeout: float = 90.0) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="alpaca-cp-"))
+            self._owns_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki = write_pki(self.workdir / "pki")
+        try:
+            etcd_url = self._start_etcd()
+            self._start_apiserver(etcd_url)
+            self._wait_ready(timeout)
+            self._write_kubeconfig()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        assert self.workdir is not None
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def _start_etcd(self) -> str:
+        assert self.workdir is not None
+        client, peer = free_port(), free_port()
+        url = f"http://127.0.0.1:{client}"
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={url}",
+                f"--advertise-client-urls={url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--quota-backend-bytes=2147483648",
+            ],
+        )
+        return url
+
+    def _start_apiserver(self, etcd_url: str) -> None:
+        assert self.workdir is not None and self.pki is not None
+        port = free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--service-account-key-file={pki.sa_public}",
+                f"--service-account-signing-key-file={pki.sa_private}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--api-audiences=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--event-ttl=1h",
+                "--endpoint-reconciler-type=none",
+                "--v=0",
+                *self.extra_apiserver_args,
+            ],
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        assert self.pki is not None
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return ctx
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.workdir is not None
+        deadline = time.monotonic() + timeout
+        ctx = self._ssl_context()
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{name} exited with {proc.returncode}:\n{_tail(self.workdir / f'{name}.log')}"
+                    )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout:.0f}s ({last}):\n"
+            f"{_tail(self.workdir / 'kube-apiserver.log')}"
+        )
+
+    def _write_kubeconfig(self) -> None:
+        assert self.workdir is not None and self.pki is not None
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "alpaca-local",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": b64(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "alpaca-admin",
+                    "user": {
+                        "client-certificate-data": b64(self.pki.admin_cert),
+                        "client-key-data": b64(self.pki.admin_key),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "alpaca-local",
+                    "context": {
+                        "cluster": "alpaca-local",
+                        "user": "alpaca-admin",
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "alpaca-local",
+        }
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def kubectl_run(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this control plane."""
+        result = subprocess.run(
+            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
+        return result
+
+    def env(self) -> dict[str, str]:
+        """The environment for a process that should talk to this control plane."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def stop(self) -> None:
+        """Stop every process (etcd last) and remove the folder."""
+        for name in (
+            "kube-apiserver",
+            *[n for n in self.processes if n not in ("kube-apiserver", "etcd")],
+            "etcd",
+        ):
+            proc = self.processes.pop(name, None)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+        if self._owns_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real local control plane (etcd + kube-apiserver on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from alpaca_operator.localdev.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def k8s_bin_dir() -> Path:
+    """The folder with kube-apiserver, etcd and kubectl: ALPACA_K8S_BINS, else scripts/k8s-bins.sh
+    (which honours KUBEBUILDER_ASSETS, and builds and caches the binaries on first use)."""
+    if os.environ.get("ALPACA_K8S_BINS"):
+        return Path(os.environ["ALPACA_K8S_BINS"])
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "k8s-bins.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real etcd + kube-apiserver with our CRDs installed, for the whole session."""
+    cp = ControlPlane(bin_dir=k8s_bin_dir(), workdir=tmp_path_factory.mktemp("cp"))
+    with cp:
+        cp.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
+        cp.kubectl_run(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/alpacamodels.alpaca.dev",
+            "crd/alpacafinetunes.alpaca.dev",
+        )
+        yield cp
