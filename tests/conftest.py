@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,17 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             "crd/alpacafinetunes.alpaca.dev",
         )
         yield cp
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (named after it), deleted afterwards.
+
+    A test module may set NAMESPACE_PREFIX (default "t") to keep its namespaces apart.
+    """
+    prefix = getattr(request.module, "NAMESPACE_PREFIX", "t")
+    stem = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
+    name = f"{prefix}-{stem[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl_run("create", "namespace", name)
+    yield name
+    control_plane.kubectl_run("delete", "namespace", name, "--wait=false")

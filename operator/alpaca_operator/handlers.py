@@ -28,15 +28,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.posting.level = logging.WARNING  # Events come from the reconcile outcome only
+    settings.posting.level = logging.WARNING  # kopf's own INFO logs are not posted as Events
     settings.watching.server_timeout = 300
 
 
 def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
     patch.status.update(outcome.status)
     for event in outcome.events:
-        post = kopf.warn if event.type == "Warning" else kopf.info
-        post(body, reason=event.reason, message=event.message[:1024])
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
 @kopf.on.resume(GROUP, VERSION, model.PLURAL)

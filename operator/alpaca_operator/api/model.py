@@ -28,10 +28,15 @@ class Prompt(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
-                    "(self.template == 'custom') == has(self.custom)",
-                    "prompt.custom is required with template: custom, and only allowed with it",
+                    "self.template != 'custom' || has(self.custom)",
+                    "prompt.custom is required with template: custom",
                     ".custom",
-                )
+                ),
+                cel(
+                    "!has(self.custom) || self.template == 'custom'",
+                    "prompt.custom is only allowed with template: custom",
+                    ".custom",
+                ),
             ]
         }
     }
