@@ -1,0 +1,48 @@
+# alpaca-operator: every set-up step lives here, so a fresh machine needs only `make demo`
+# or `make test`. External caches (Go builds, Kubernetes binaries, models) live outside the
+# repo under $(ALPACA_CACHE).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
+
+.DEFAULT_GOAL := help
+.PHONY: help venv k8s-bins crds lint test test-fast demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with the operator and the dev tools
+
+k8s-bins: ## kube-apiserver, etcd, kubectl (+ controller-manager, scheduler): KUBEBUILDER_ASSETS, cache, or a Go build
+	@scripts/k8s-bins.sh controller-manager scheduler
+
+crds: venv ## regenerate crds/ from the API models
+	$(VENV)/bin/alpaca-operator crds --out crds
+
+lint: venv ## ruff, formatting, import layers
+	$(VENV)/bin/ruff check operator serving training tests benchmarks
+	$(VENV)/bin/ruff format --check operator serving training tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test-fast: venv ## unit tests only (no control plane)
+	$(PY) -m pytest tests/unit
+
+test: venv k8s-bins lint ## everything: unit, real apiserver, operator e2e (what CI runs)
+	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests
+
+demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it
+	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . $(if $(DEMO_ONCE),--once)
+
+clean: ## remove the venv and build leftovers (the binary cache outside the repo stays)
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+-include mk/*.mk
