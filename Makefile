@@ -6,6 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SRC := $(wildcard operator serving training tests benchmarks)
 export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 
 .DEFAULT_GOAL := help
@@ -29,8 +30,8 @@ crds: venv ## regenerate crds/ from the API models
 	$(VENV)/bin/alpaca-operator crds --out crds
 
 lint: venv ## ruff, formatting, import layers
-	$(VENV)/bin/ruff check operator serving training tests benchmarks
-	$(VENV)/bin/ruff format --check operator serving training tests benchmarks
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/lint-imports
 
 test-fast: venv ## unit tests only (no control plane)
