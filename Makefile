@@ -38,7 +38,7 @@ test-fast: venv ## unit tests only (no control plane)
 	$(PY) -m pytest tests/unit
 
 test: venv k8s-bins lint ## everything: unit, real apiserver, operator e2e (what CI runs)
-	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests
+	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp
 
 demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it
 	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . $(if $(DEMO_ONCE),--once)

@@ -1,0 +1,89 @@
+"""The one place that knows every child's name and labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from alpaca_operator.api.weights import Weights
+
+PART_OF = "alpaca-operator"
+LABEL_MODEL = "alpaca.dev/model"
+LABEL_FINETUNE = "alpaca.dev/finetune"
+LABEL_CACHE = "alpaca.dev/weights-cache"
+LABEL_NODEPOOL = "alpaca.dev/nodepool"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+
+def _slug(text: str, limit: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].strip("-") or "x"
+
+
+def _digest(*parts: object, length: int = 10) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def weights_identity(weights: Weights) -> dict[str, object]:
+    """What makes two weights the same cache: where from, which revision, how recovered/converted."""
+    identity: dict[str, object] = {
+        "source": weights.source.rstrip("/"),
+        "revision": weights.revision,
+        "convertToSafetensors": weights.convert_to_safetensors,
+    }
+    if weights.recover is not None:
+        identity["recoverBase"] = weights.recover.base.rstrip("/")
+        identity["recoverBaseRevision"] = weights.recover.base_revision
+    return identity
+
+
+def cache_name(weights: Weights) -> str:
+    """The cache PVC's name: a readable stem from the source plus a hash of the identity.
+
+    Stable across operator restarts and releases; `weights-alpaca-7b-wdiff-1a2b3c4d5e`.
+    """
+    stem = _slug(weights.source.rstrip("/").rsplit("/", 1)[-1], 30)
+    return f"weights-{stem}-{_digest(weights_identity(weights))}"
+
+
+def fill_job_name(cache: str) -> str:
+    """One fill Job per cache: two users applied at once produce one Job."""
+    return f"{cache}-fill"
+
+
+def nodepool_name(namespace: str, name: str) -> str:
+    """A cluster-scoped NodePool for a namespaced owner: namespace and name, hashed when long."""
+    full = f"alpaca-{namespace}-{name}"
+    if len(full) <= 63:
+        return full
+    return f"{full[:52].rstrip('-')}-{_digest(namespace, name)}"
+
+
+def rayservice_name(name: str) -> str:
+    return name
+
+
+def endpoint_service_name(name: str) -> str:
+    return f"{name}-openai"
+
+
+def model_labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "alpaca-model",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        LABEL_COMPONENT: component,
+        LABEL_MODEL: name,
+    }
+
+
+def cache_labels(cache: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "alpaca-weights",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        LABEL_COMPONENT: "weights-cache",
+        LABEL_CACHE: cache,
+    }

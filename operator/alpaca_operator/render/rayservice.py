@@ -1,0 +1,159 @@
+"""Serving: the KubeRay RayService (ray.io/v1) running the Ray Serve LLM app, and its endpoint Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from alpaca_operator.api.base import parse_duration
+from alpaca_operator.api.model import AlpacaModelSpec
+from alpaca_operator.render import names
+from alpaca_operator.render.capacity import GPU_RESOURCE, Placement
+from alpaca_operator.render.security import container_security, pod_security
+
+SERVE_PORT = 8000
+MODELS_MOUNT = "/models"
+# None: KubeRay never starts a second RayCluster beside the first (NewCluster would need twice
+# the GPUs during every change). Serve config changes (engine, adapters, autoscaling) are applied
+# in place by KubeRay; see docs/decisions.md for changes to the cluster itself.
+UPGRADE_STRATEGY = "None"
+
+
+def _container(
+    name: str, image: str, resources: dict[str, Any], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "resources": {"requests": resources, "limits": resources},
+        "volumeMounts": mounts,
+        # Ray writes session files under /tmp and the image's home; vLLM compiles kernels.
+        "securityContext": container_security(read_only_root=False),
+    }
+
+
+def _volumes(cache: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = [
+        {"name": "weights", "persistentVolumeClaim": {"claimName": cache, "readOnly": True}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL / vLLM shared memory
+    ]
+    mounts = [
+        {"name": "weights", "mountPath": f"{MODELS_MOUNT}/{cache}", "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    return volumes, mounts
+
+
+def model_path(cache: str) -> str:
+    """Where the serving pods see the weights."""
+    return f"{MODELS_MOUNT}/{cache}"
+
+
+def serve_config(application: dict[str, Any]) -> str:
+    """KubeRay's serveConfigV2: one application, as YAML text."""
+    return yaml.safe_dump({"applications": [application]}, sort_keys=False)
+
+
+def rayservice(
+    spec: AlpacaModelSpec,
+    name: str,
+    namespace: str,
+    application: dict[str, Any],
+    image: str,
+    ray_version: str,
+    place: Placement,
+) -> dict[str, Any]:
+    """The RayService: a CPU-only head (Serve controller and proxy) and one worker group whose
+    pods each hold one model replica's GPUs; KubeRay's in-tree autoscaler follows Serve."""
+    cache = names.cache_name(spec.weights)
+    volumes, mounts = _volumes(cache)
+    labels = names.model_labels(name, "serving")
+    res = spec.resources
+    worker_resources: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus > 0:
+        worker_resources[GPU_RESOURCE] = str(res.gpus)
+    scaling = spec.autoscaling
+    head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, mounts)
+    head["ports"] = [
+        {"name": "gcs", "containerPort": 6379},
+        {"name": "dashboard", "containerPort": 8265},
+        {"name": "client", "containerPort": 10001},
+        {"name": "serve", "containerPort": SERVE_PORT},
+        {"name": "metrics", "containerPort": 8080},
+    ]
+    worker_pod: dict[str, Any] = {
+        "securityContext": pod_security(fs_group=False),
+        "containers": [_container("ray-worker", image, worker_resources, mounts)],
+        "volumes": volumes,
+    }
+    if place.node_selector:
+        worker_pod["nodeSelector"] = dict(place.node_selector)
+    if place.tolerations:
+        worker_pod["tolerations"] = list(place.tolerations)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": names.rayservice_name(name), "namespace": namespace, "labels": labels},
+        "spec": {
+            "upgradeStrategy": {"type": UPGRADE_STRATEGY},
+            "serveConfigV2": serve_config(application),
+            "rayClusterConfig": {
+                "rayVersion": ray_version,
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {
+                    "upscalingMode": "Default",
+                    "idleTimeoutSeconds": int(parse_duration(scaling.scale_to_zero_delay)),
+                },
+                "headGroupSpec": {
+                    # num-cpus 0: no model replica lands on the head; it runs Serve's controller
+                    # and HTTP proxy only.
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "securityContext": pod_security(fs_group=False),
+                            "containers": [head],
+                            "volumes": volumes,
+                        },
+                    },
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "gpu" if res.gpus > 0 else "cpu",
+                        "replicas": scaling.min_replicas,
+                        "minReplicas": scaling.min_replicas,
+                        "maxReplicas": scaling.max_replicas,
+                        "rayStartParams": {},
+                        "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                    }
+                ],
+            },
+        },
+    }
+
+
+def endpoint_service(name: str, namespace: str) -> dict[str, Any]:
+    """A stable ClusterIP Service for the OpenAI API, independent of KubeRay's own names."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.endpoint_service_name(name),
+            "namespace": namespace,
+            "labels": names.model_labels(name, "endpoint"),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            # Our label is on every pod of the RayService; KubeRay sets ray.io/serve=true on the
+            # pods whose Serve proxy is ready, so traffic goes only to them.
+            "selector": {names.LABEL_MODEL: name, "ray.io/serve": "true"},
+            "ports": [
+                {"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def endpoint_url(name: str, namespace: str) -> str:
+    return f"http://{names.endpoint_service_name(name)}.{namespace}.svc:{SERVE_PORT}"

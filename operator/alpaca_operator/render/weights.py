@@ -1,0 +1,141 @@
+"""Weights: the shared cache PersistentVolumeClaim and the Job that fills it once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alpaca_operator.api.weights import Weights
+from alpaca_operator.render import names
+from alpaca_operator.render.security import container_security, pod_security
+
+CACHE_MOUNT = "/cache"
+FILLED_ANNOTATION = "alpaca.dev/filled"
+FILL_RETRIES = 4  # downloads resume, so a retry continues where the last one stopped
+FILL_FAILED_EXIT_CODE = 3  # the weights CLI's code for a failure a retry cannot fix
+
+
+def cache_pvc(weights: Weights, namespace: str) -> dict[str, Any]:
+    """The cache volume, one per weights identity."""
+    cache = names.cache_name(weights)
+    spec: dict[str, Any] = {
+        "accessModes": [weights.cache.access_mode],
+        "resources": {"requests": {"storage": weights.cache.size}},
+    }
+    if weights.cache.storage_class_name:
+        spec["storageClassName"] = weights.cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": cache,
+            "namespace": namespace,
+            "labels": names.cache_labels(cache),
+            "annotations": {"alpaca.dev/source": weights.source},
+        },
+        "spec": spec,
+    }
+
+
+def _source_arg(
+    uri: str, mount: str, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> str:
+    """pvc://CLAIM/PATH becomes a read-only mount; every other source is passed as it is."""
+    if not uri.startswith("pvc://"):
+        return uri
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    volume = f"src-{len(volumes)}"
+    volumes.append(
+        {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    )
+    mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+    return f"{mount}/{path}".rstrip("/")
+
+
+def fill_args(
+    weights: Weights, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> list[str]:
+    """The weights CLI's arguments for this identity."""
+    args = [
+        "fill",
+        "--source",
+        _source_arg(weights.source, "/source", volumes, mounts),
+        "--dest",
+        CACHE_MOUNT,
+    ]
+    if weights.revision:
+        args += ["--revision", weights.revision]
+    if weights.recover is not None:
+        args += ["--recover-base", _source_arg(weights.recover.base, "/base", volumes, mounts)]
+        if weights.recover.base_revision:
+            args += ["--recover-base-revision", weights.recover.base_revision]
+        if weights.recover.expected_checksum is not None:
+            args += ["--expected-checksum", repr(weights.recover.expected_checksum)]
+    if weights.convert_to_safetensors:
+        args.append("--to-safetensors")
+    return args
+
+
+def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
+    """The Job that downloads (and recovers, converts) the weights into the cache."""
+    cache = names.cache_name(weights)
+    volumes: list[dict[str, Any]] = [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": cache}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    args = fill_args(weights, volumes, mounts)
+    container: dict[str, Any] = {
+        "name": "fill",
+        "image": image,
+        "command": ["alpaca-weights"],
+        "args": args,
+        "env": [
+            {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/.hf"},
+            {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        ],
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"memory": "8Gi"},
+        },
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if weights.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": weights.credentials_secret}}]
+    labels = names.cache_labels(cache)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": names.fill_job_name(cache), "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": FILL_RETRIES,
+            "ttlSecondsAfterFinished": 3600,
+            # A failure the CLI knows a retry cannot fix (checksum, auth, not found) ends the Job.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "fill",
+                            "operator": "In",
+                            "values": [FILL_FAILED_EXIT_CODE],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": pod_security(),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
