@@ -32,13 +32,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     cp = ControlPlane(bin_dir=k8s_bin_dir(), workdir=tmp_path_factory.mktemp("cp"))
     with cp:
         cp.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
-        cp.kubectl_run(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/alpacamodels.alpaca.dev",
-            "crd/alpacafinetunes.alpaca.dev",
-        )
+        cp.wait_established("alpacamodels.alpaca.dev", "alpacafinetunes.alpaca.dev")
         yield cp
 
 
@@ -54,3 +48,35 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     control_plane.kubectl_run("create", "namespace", name)
     yield name
     control_plane.kubectl_run("delete", "namespace", name, "--wait=false")
+
+
+def thirdparty_crd_dir() -> Path:
+    """KubeRay and Karpenter CRDs from their Go modules (cached by scripts/thirdparty.sh)."""
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "thirdparty.sh"), "crds"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def thirdparty_crds(control_plane: ControlPlane) -> Path:
+    """The session control plane with the real KubeRay and Karpenter CRDs installed."""
+    folder = thirdparty_crd_dir()
+    control_plane.kubectl_run("apply", "--server-side", "-f", str(folder), timeout=120)
+    control_plane.wait_established(
+        "rayservices.ray.io", "rayclusters.ray.io", "nodepools.karpenter.sh"
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane):
+    """The operator's own API client, on the session control plane."""
+    import kubernetes
+
+    from alpaca_operator.kube import Kube
+
+    return Kube(kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig)))

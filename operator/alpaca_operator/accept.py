@@ -31,7 +31,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
 
 
-def _transition_events(
+def transition_events(
     before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
 ) -> list[Event]:
     """One Event for every condition whose status or reason moved."""
@@ -83,5 +83,5 @@ def accept(
         )
     return Outcome(
         status={"phase": phase, "observedGeneration": generation, "conditions": conditions},
-        events=_transition_events(before, conditions),
+        events=transition_events(before, conditions),
     )

@@ -45,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=args.namespace or None,
             standalone=args.standalone,
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(namespaces=args.namespace, resync_seconds=args.resync),
         )
     )
     return 0
@@ -71,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument(
+        "--resync",
+        type=float,
+        default=60.0,
+        help="seconds between periodic passes over every AlpacaModel (deadlines, nodes, CRDs)",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

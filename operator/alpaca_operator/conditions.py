@@ -6,10 +6,14 @@ Condition types and reasons are named constants; messages are written for a pers
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
-# Condition types
+# Condition types, in stage order for an AlpacaModel.
 ACCEPTED = "Accepted"
+CAPACITY = "CapacityReady"
+WEIGHTS = "WeightsReady"
+SERVING = "ServingReady"
 READY = "Ready"
 
 # Reasons
@@ -17,8 +21,43 @@ SPEC_VALID = "SpecValid"
 INVALID_SPEC = "InvalidSpec"
 STAGES_PENDING = "StagesPending"
 
-WARNING_REASONS = frozenset({INVALID_SPEC})
-"""Reasons posted as Warning Events: something a person must fix."""
+FAILURE_REASONS = frozenset(
+    {
+        INVALID_SPEC,
+        "NodePoolCRDMissing",
+        "KubeRayMissing",
+        "InsufficientGPU",
+        "NodePoolRejected",
+        "FillFailed",
+        "DownloadStalled",
+        "ChecksumMismatch",
+        "RecoveryFailed",
+        "SourceNotFound",
+        "Unauthorized",
+        "NoSpaceLeft",
+        "PermissionDenied",
+        "ServeDeployFailed",
+    }
+)
+"""Reasons that need a person to change something: phase Failed and a Warning Event."""
+
+TIMEOUT_REASONS = frozenset({"CapacityTimeout", "WeightsTimeout", "ServingTimeout"})
+"""A stage waited longer than its deadline: a Warning Event; the phase stays."""
+
+WARNING_REASONS = FAILURE_REASONS | TIMEOUT_REASONS
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One stage's condition: status, CamelCase reason, message for a person."""
+
+    status: str  # True, False, Unknown
+    reason: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "True"
 
 
 def now() -> str:

@@ -1,28 +1,39 @@
-"""kopf handlers: thin wrappers that guard, delegate to the reconcile functions and apply results.
+"""kopf handlers: thin wrappers that guard, delegate to the reconcilers and apply results.
 
 kopf keeps its own bookkeeping in annotations under alpaca.dev (not in status), and no handler
-here needs a finalizer: children are garbage-collected through owner references.
+needs a finalizer: namespaced children are garbage-collected through owner references, and
+NodePools (cluster-scoped, so they cannot be owned by a namespaced object) are swept by a timer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import fnmatch
 import logging
 from typing import Any
 
 import kopf
+import kubernetes
 
 from alpaca_operator.accept import Outcome, accept
-from alpaca_operator.api import GROUP, VERSION, finetune, model
+from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
+from alpaca_operator.config import OperatorConfig
+from alpaca_operator.kube import Kube
+from alpaca_operator.reconcile.apply import Applier
+from alpaca_operator.reconcile.model import ModelContext, run_model
+from alpaca_operator.reconcile.serving import application_for
+from alpaca_operator.reconcile.status import write_status
+from alpaca_operator.render import names
 
-MODEL_PENDING = (
-    "The spec is accepted. This operator version does not yet reconcile capacity, weights and "
-    "serving for AlpacaModel."
-)
+MODEL = (GROUP, VERSION, model.PLURAL)
+FINETUNE = (GROUP, VERSION, finetune.PLURAL)
+RESYNC_SECONDS = 60.0
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Operator-wide settings: where kopf keeps its state, how it posts Events."""
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator-wide settings, and the API client every handler shares."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -30,46 +41,127 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # kopf's own INFO logs are not posted as Events
     settings.watching.server_timeout = 300
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    kube = Kube(kubernetes.client.ApiClient())
+    memo.kube = kube
+    memo.models = ModelContext(kube, Applier(kube), OperatorConfig.from_env(), application_for)
 
 
-def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
-    patch.status.update(outcome.status)
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _publish(kube: Kube, body: dict[str, Any], outcome: Outcome) -> None:
+    write_status(kube, body, outcome.status)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
-@kopf.on.resume(GROUP, VERSION, model.PLURAL)
-@kopf.on.create(GROUP, VERSION, model.PLURAL)
-@kopf.on.update(GROUP, VERSION, model.PLURAL, field="spec")
-def reconcile_model(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    **_: Any,
-) -> None:
+def _reconcile_model(memo: kopf.Memo, body: dict[str, Any]) -> None:
+    _publish(memo.kube, body, run_model(memo.models, body, _now()))
+
+
+@kopf.on.resume(*MODEL)
+@kopf.on.create(*MODEL)
+@kopf.on.update(*MODEL, field="spec")
+def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """AlpacaModel created, changed, or found at start-up."""
-    outcome = accept(
-        dict(spec),
-        model.AlpacaModelSpec,
-        meta.get("generation"),
-        dict(status),
-        "Pending",
-        pending_message=MODEL_PENDING,
-    )
-    _apply(outcome, body, patch)
+    _reconcile_model(memo, dict(body))
 
 
-@kopf.on.resume(GROUP, VERSION, finetune.PLURAL)
-@kopf.on.create(GROUP, VERSION, finetune.PLURAL)
-@kopf.on.update(GROUP, VERSION, finetune.PLURAL, field="spec")
-def reconcile_finetune(
+def _in_scope(memo: kopf.Memo, namespace: str) -> bool:
+    patterns = memo.get("namespaces") or []
+    return not patterns or any(fnmatch.fnmatch(namespace, p) for p in patterns)
+
+
+async def _resync(memo: kopf.Memo) -> None:
+    """Every model once a minute: stage deadlines, nodes, CRDs installed later.
+
+    One operator-level loop rather than a kopf timer per object: kopf puts a finalizer on
+    objects with timers, and nothing here needs one.
+    """
+    while True:
+        await asyncio.sleep(memo.get("resync_seconds", RESYNC_SECONDS))
+        try:
+            models = await asyncio.to_thread(memo.kube.list, API_VERSION, model.KIND)
+        except Exception:  # the apiserver may be briefly away; try again next round
+            logging.getLogger(__name__).exception("resync: listing AlpacaModels failed")
+            continue
+        for body in models:
+            meta = body["metadata"]
+            if _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
+                try:
+                    await asyncio.to_thread(_reconcile_model, memo, body)
+                except Exception:
+                    logging.getLogger(__name__).exception(
+                        "resync of %s/%s failed", meta["namespace"], meta["name"]
+                    )
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync_task = asyncio.create_task(_resync(memo))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
+
+
+def _wake_model(memo: kopf.Memo, namespace: str, name: str) -> None:
+    parent = memo.kube.get(API_VERSION, model.KIND, name, namespace)
+    if parent is not None and not parent["metadata"].get("deletionTimestamp"):
+        _reconcile_model(memo, parent)
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels={names.LABEL_MODEL: kopf.PRESENT})
+@kopf.on.event("v1", "services", labels={names.LABEL_MODEL: kopf.PRESENT})
+def serving_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A RayService or endpoint Service changed: its AlpacaModel recomputes."""
+    _wake_model(memo, namespace, labels[names.LABEL_MODEL])
+
+
+@kopf.on.event("v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_CACHE: kopf.PRESENT})
+def cache_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A weights cache or its fill Job changed: every model that uses the cache recomputes."""
+    pvc = memo.kube.get("v1", "PersistentVolumeClaim", labels[names.LABEL_CACHE], namespace)
+    for ref in (pvc or {}).get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == model.KIND:
+            _wake_model(memo, namespace, ref["name"])
+
+
+@kopf.timer(
+    "karpenter.sh",
+    "v1",
+    "nodepools",
+    labels={"app.kubernetes.io/managed-by": names.PART_OF},
+    interval=RESYNC_SECONDS,
+)
+def sweep_nodepool(
+    labels: kopf.Labels, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Delete a NodePool whose AlpacaModel is gone (no finalizer needed on the model)."""
+    owner_ns, owner = labels.get("alpaca.dev/owner-namespace"), labels.get("alpaca.dev/owner-name")
+    if owner_ns and owner and memo.kube.get(API_VERSION, model.KIND, owner, owner_ns) is None:
+        logger.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, owner_ns, owner)
+        memo.kube.delete("karpenter.sh/v1", "NodePool", name)
+
+
+@kopf.on.resume(*FINETUNE)
+@kopf.on.create(*FINETUNE)
+@kopf.on.update(*FINETUNE, field="spec")
+def finetune_changed(
     spec: kopf.Spec,
     meta: kopf.Meta,
     status: kopf.Status,
     body: kopf.Body,
-    patch: kopf.Patch,
+    memo: kopf.Memo,
     **_: Any,
 ) -> None:
     """AlpacaFineTune created, changed, or found at start-up."""
@@ -77,13 +169,13 @@ def reconcile_finetune(
     outcome = accept(
         dict(spec), finetune.AlpacaFineTuneSpec, meta.get("generation"), dict(status), phase
     )
-    _apply(outcome, body, patch)
+    _publish(memo.kube, dict(body), outcome)
 
 
-@kopf.on.delete(GROUP, VERSION, model.PLURAL, optional=True)
-@kopf.on.delete(GROUP, VERSION, finetune.PLURAL, optional=True)
+@kopf.on.delete(*MODEL, optional=True)
+@kopf.on.delete(*FINETUNE, optional=True)
 def deleted(name: str, namespace: str, logger: kopf.Logger, **_: Any) -> None:
-    """Log a deletion. optional=True: no finalizer, children go by owner references."""
+    """Log a deletion. optional=True: no finalizer; children go by owner references."""
     logger.info(
         "deleted %s/%s; children are garbage-collected by owner references", namespace, name
     )

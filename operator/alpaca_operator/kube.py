@@ -39,6 +39,7 @@ KINDS = {
     for k in (
         Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Kind("v1", "Service", "services"),
+        Kind("v1", "Pod", "pods"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Node", "nodes", namespaced=False),
         Kind("batch/v1", "Job", "jobs"),

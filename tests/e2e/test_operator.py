@@ -54,6 +54,10 @@ def _get(cp, ns: str, resource: str, name: str) -> dict[str, Any] | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
+def _items(cp, ns: str, resource: str) -> list[dict[str, Any]]:
+    return json.loads(cp.kubectl_run("get", resource, "-n", ns, "-o", "json").stdout)["items"]
+
+
 def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     for c in (obj or {}).get("status", {}).get("conditions", []):
         if c["type"] == type_:
@@ -61,7 +65,7 @@ def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
-def test_model_lifecycle(control_plane, operator, namespace):
+def test_model_lifecycle(control_plane, thirdparty_crds, operator, namespace):
     cp = control_plane
     cp.kubectl_run("apply", "-n", namespace, "-f", str(REPO / "examples" / "alpaca.yaml"))
 
@@ -71,32 +75,52 @@ def test_model_lifecycle(control_plane, operator, namespace):
         return obj if ok and (_condition(obj, "Accepted") or {}).get("status") == "True" else None
 
     obj = _wait(lambda: accepted_at(1), what="generation 1 accepted")
-    assert obj["status"]["phase"] == "Pending"
-    ready = _condition(obj, "Ready")
-    assert ready["status"] == "False" and ready["reason"] == "StagesPending"
-    assert ready["observedGeneration"] == 1
+    assert obj["status"]["phase"] in ("Provisioning", "Downloading")
+    types = [c["type"] for c in obj["status"]["conditions"]]
+    assert types == ["Accepted", "CapacityReady", "WeightsReady", "ServingReady", "Ready"]
+    assert all(c["observedGeneration"] == 1 for c in obj["status"]["conditions"])
+    assert _condition(obj, "ServingReady")["reason"] == "WaitingForWeights"
     assert "kopf" not in obj["status"]  # no handler-keyed status
 
+    # The fill Job completing (as the Job controller would report it) wakes the model: the
+    # operator watches its children, so the RayService appears without a spec change.
+    jobs = _wait(lambda: _items(cp, namespace, "jobs"), what="fill job")
+    now = "2026-11-24T12:00:00Z"
+    done = {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now}
+    met = {**done, "type": "SuccessCriteriaMet"}
+    status = {"startTime": now, "completionTime": now, "succeeded": 1, "conditions": [met, done]}
+    patch = json.dumps({"status": status})
+    job = jobs[0]["metadata"]["name"]
     cp.kubectl_run(
-        "patch",
-        "-n",
-        namespace,
-        "am",
-        "alpaca-7b",
-        "--type=merge",
-        "-p",
-        '{"spec":{"autoscaling":{"maxReplicas":6}}}',
+        "patch", "-n", namespace, "job", job, "--subresource=status", "--type=merge", "-p", patch
     )
-    _wait(lambda: accepted_at(2), what="generation 2 accepted")
+    _wait(
+        lambda: _get(cp, namespace, "rayservice", "alpaca-7b"), what="RayService after the fill Job"
+    )
+    _wait(
+        lambda: (
+            (_condition(_get(cp, namespace, "am", "alpaca-7b"), "WeightsReady") or {}).get("status")
+            == "True"
+        ),
+        what="WeightsReady",
+    )
 
-    events = _wait(
-        lambda: json.loads(cp.kubectl_run("get", "events", "-n", namespace, "-o", "json").stdout)[
-            "items"
-        ],
-        what="events",
+    spec_patch = '{"spec":{"autoscaling":{"maxReplicas":6}}}'
+    cp.kubectl_run("patch", "-n", namespace, "am", "alpaca-7b", "--type=merge", "-p", spec_patch)
+    _wait(lambda: accepted_at(2), what="generation 2 accepted")
+    _wait(
+        lambda: (
+            _get(cp, namespace, "rayservice", "alpaca-7b")["spec"]["rayClusterConfig"][
+                "workerGroupSpecs"
+            ][0]["maxReplicas"]
+            == 6
+        ),
+        what="RayService updated in place",
     )
+
+    events = _wait(lambda: _items(cp, namespace, "events"), what="events")
     reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "alpaca-7b"}
-    assert {"SpecValid", "StagesPending"} <= reasons
+    assert {"SpecValid", "WaitingForWeights", "CacheFilled"} <= reasons
 
     obj = _get(cp, namespace, "am", "alpaca-7b")
     assert obj["metadata"].get("finalizers", []) == []

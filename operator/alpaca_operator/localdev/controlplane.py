@@ -255,6 +255,20 @@ class ControlPlane:
             )
         return result
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until every named CRD is Established (kubectl wait races a brand-new CRD)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            path = '{.status.conditions[?(@.type=="Established")].status}'
+            out = self.kubectl_run("get", "crd", pending[0], "-o", f"jsonpath={path}", check=False)
+            if out.stdout.strip() == "True":
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRD {pending[0]} not Established after {timeout:.0f}s")
+            time.sleep(0.2)
+
     def env(self) -> dict[str, str]:
         """The environment for a process that should talk to this control plane."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

@@ -55,7 +55,7 @@ def run(bin_dir: Path, repo: Path, once: bool) -> int:
         print(f"    {cp.url}  (export KUBECONFIG={cp.kubeconfig})")
         _say("installing the CRDs")
         print(cp.kubectl_run("apply", "--server-side", "-f", str(repo / "crds")).stdout, end="")
-        cp.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        cp.wait_established("alpacamodels.alpaca.dev", "alpacafinetunes.alpaca.dev")
         _say(f"starting the operator (log: {workdir / 'operator.log'})")
         operator = _start_operator(cp, workdir / "operator.log")
         for example in EXAMPLES:

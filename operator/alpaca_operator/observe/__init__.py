@@ -1,0 +1,1 @@
+"""Observers: pure functions from child objects' status to the parent's conditions."""

@@ -1,0 +1,310 @@
+"""AlpacaModel status from what its children say: capacity, weights, serving, ready."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from alpaca_operator.api.model import AlpacaModelSpec
+from alpaca_operator.conditions import (
+    CAPACITY,
+    FAILURE_REASONS,
+    READY,
+    SERVING,
+    WEIGHTS,
+    Verdict,
+)
+from alpaca_operator.render import names
+from alpaca_operator.render.capacity import GPU_RESOURCE
+from alpaca_operator.render.weights import FILLED_ANNOTATION
+
+KUBERAY_INSTALL = (
+    "install the KubeRay operator (for example: helm install kuberay-operator "
+    "kuberay/kuberay-operator --version 1.5.0), then this model deploys by itself"
+)
+KARPENTER_INSTALL = (
+    "install Karpenter (https://karpenter.sh/docs/getting-started/) or set "
+    "spec.capacity.provisioner: existing"
+)
+
+# How long a stage may wait before its condition says it ran over (each its own reason).
+DEADLINES = {
+    CAPACITY: ("CapacityTimeout", datetime.timedelta(minutes=20)),
+    WEIGHTS: ("WeightsTimeout", datetime.timedelta(hours=3)),
+    SERVING: ("ServingTimeout", datetime.timedelta(minutes=30)),
+}
+
+
+@dataclass
+class ModelChildren:
+    """What the operator saw of a model's world in one pass."""
+
+    crds: set[str] = field(default_factory=set)
+    nodepool: dict[str, Any] | None = None
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pvc: dict[str, Any] | None = None
+    fill_job: dict[str, Any] | None = None
+    fill_pod_message: str | None = None
+    rayservice: dict[str, Any] | None = None
+
+
+def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in (obj or {}).get("status", {}).get("conditions", []) or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def _gpus(node: dict[str, Any]) -> int:
+    value = node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _matches(node: dict[str, Any], selector: dict[str, str]) -> bool:
+    labels = node.get("metadata", {}).get("labels", {}) or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def capacity(spec: AlpacaModelSpec, children: ModelChildren, selector: dict[str, str]) -> Verdict:
+    gpus = spec.resources.gpus
+    if spec.capacity.provisioner == "karpenter":
+        if "nodepools.karpenter.sh" not in children.crds:
+            return Verdict(
+                "False",
+                "NodePoolCRDMissing",
+                f"The karpenter.sh/v1 NodePool CRD is not installed: {KARPENTER_INSTALL}.",
+            )
+        pool = children.nodepool
+        if pool is None:
+            return Verdict("False", "NodePoolCreating", "Creating the Karpenter NodePool.")
+        ready = condition_of(pool, "Ready")
+        name = pool["metadata"]["name"]
+        if ready and ready.get("status") == "True":
+            return Verdict(
+                "True",
+                "NodePoolReady",
+                f"NodePool {name} is ready; Karpenter launches GPU nodes as replicas need them.",
+            )
+        if ready and ready.get("status") == "False":
+            return Verdict(
+                "False",
+                "NodePoolRejected",
+                f"NodePool {name} is not ready: {ready.get('message') or ready.get('reason')}.",
+            )
+        return Verdict(
+            "False", "WaitingForNodePool", f"Waiting for Karpenter to accept NodePool {name}."
+        )
+    if gpus == 0:
+        return Verdict(
+            "True", "CPUOnly", "No GPUs requested; replicas run on any node that matches."
+        )
+    matching = [n for n in children.nodes if _matches(n, selector)]
+    if not matching:
+        shown = ", ".join(f"{k}={v}" for k, v in selector.items()) or "(any)"
+        return Verdict(
+            "False",
+            "WaitingForNodes",
+            f"No node matches the node selector {shown}; add GPU nodes with these labels or change spec.capacity.nodeSelector.",
+        )
+    largest = max(_gpus(n) for n in matching)
+    if largest < gpus:
+        return Verdict(
+            "False",
+            "InsufficientGPU",
+            f"Each replica needs {gpus} {GPU_RESOURCE}, but the largest allocatable on the {len(matching)} matching node(s) is {largest}; lower spec.resources.gpus or add larger nodes.",
+        )
+    fit = sum(1 for n in matching if _gpus(n) >= gpus)
+    return Verdict(
+        "True",
+        "NodesAvailable",
+        f"{fit} of {len(matching)} matching node(s) can hold a replica ({gpus} {GPU_RESOURCE} each).",
+    )
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _fill_failure(message: str | None) -> tuple[str, str]:
+    """The weights CLI writes `Reason: message` as its termination message."""
+    if message and ":" in message:
+        reason, _, text = message.partition(":")
+        if reason.isalnum() and reason[:1].isupper():
+            return reason, text.strip()
+    return "FillFailed", (message or "the fill Job failed; see its pod logs").strip()
+
+
+def weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
+    cache = names.cache_name(spec.weights)
+    pvc = children.pvc
+    if pvc is None:
+        return Verdict("False", "CacheCreating", f"Creating the weights cache volume {cache}.")
+    if (pvc["metadata"].get("annotations") or {}).get(FILLED_ANNOTATION) == "true":
+        return Verdict(
+            "True", "CacheFilled", f"Weights cache {cache} is filled from {spec.weights.source}."
+        )
+    job = children.fill_job
+    if job is None:
+        return Verdict("False", "FillPending", f"Starting the Job that fills {cache}.")
+    status = job.get("status", {})
+    failed = condition_of(job, "Failed")
+    if failed and failed.get("status") == "True":
+        reason, text = _fill_failure(children.fill_pod_message)
+        return Verdict("False", reason, f"Filling {cache} failed: {text}")
+    complete = condition_of(job, "Complete")
+    if complete and complete.get("status") == "True":
+        return Verdict(
+            "False", "CacheVerifying", f"The fill Job finished; marking {cache} as filled."
+        )
+    progress = job["metadata"].get("annotations") or {}
+    done, total = progress.get("alpaca.dev/bytes-done"), progress.get("alpaca.dev/bytes-total")
+    if done and total:
+        pct = 100 * int(done) / max(int(total), 1)
+        return Verdict(
+            "False",
+            "Downloading",
+            f"Downloading {spec.weights.source}: {_bytes(int(done))} of {_bytes(int(total))} ({pct:.0f}%).",
+        )
+    if status.get("active"):
+        return Verdict("False", "Downloading", f"Downloading {spec.weights.source} into {cache}.")
+    return Verdict(
+        "False", "FillPending", f"The fill Job for {cache} is waiting for a pod to start."
+    )
+
+
+def _app_status(rayservice: dict[str, Any]) -> tuple[str, str]:
+    apps = (
+        rayservice.get("status", {}).get("activeServiceStatus", {}).get("applicationStatuses", {})
+        or {}
+    )
+    for app in apps.values():
+        return str(app.get("status", "")), str(app.get("message", ""))
+    return "", ""
+
+
+def serving(spec: AlpacaModelSpec, children: ModelChildren, weights_ok: bool) -> Verdict:
+    if "rayservices.ray.io" not in children.crds:
+        return Verdict(
+            "False",
+            "KubeRayMissing",
+            f"The ray.io/v1 RayService CRD is not installed: {KUBERAY_INSTALL}.",
+        )
+    if not weights_ok:
+        return Verdict(
+            "False", "WaitingForWeights", "Serving starts once the weights cache is filled."
+        )
+    rs = children.rayservice
+    if rs is None:
+        return Verdict("False", "Deploying", "Creating the RayService.")
+    app, app_message = _app_status(rs)
+    ready = condition_of(rs, "Ready")
+    if app in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return Verdict(
+            "False", "ServeDeployFailed", f"Ray Serve reports {app}: {app_message[:500]}"
+        )
+    if ready and ready.get("status") == "True":
+        return Verdict("True", "Serving", "The OpenAI-compatible API answers.")
+    if app == "DEPLOYING":
+        return Verdict("False", "EngineLoading", "vLLM is loading the model.")
+    return Verdict(
+        "False", "WaitingForRayCluster", "Waiting for the Ray head and workers to start."
+    )
+
+
+def ready(stages: dict[str, Verdict], endpoint: str) -> Verdict:
+    for type_ in (CAPACITY, WEIGHTS, SERVING):
+        if not stages[type_].ok:
+            return Verdict("False", stages[type_].reason, f"{type_}: {stages[type_].message}")
+    return Verdict("True", "Ready", f"Serving at {endpoint}/v1.")
+
+
+def phase(stages: dict[str, Verdict], was_ready: bool) -> str:
+    if any(v.reason in FAILURE_REASONS for v in stages.values()):
+        return "Failed"
+    if stages[READY].ok:
+        return "Ready"
+    if was_ready and stages[CAPACITY].ok and stages[WEIGHTS].ok:
+        return "Degraded"
+    if not stages[CAPACITY].ok:
+        return "Provisioning"
+    if not stages[WEIGHTS].ok:
+        return "Downloading"
+    return "Deploying"
+
+
+def replicas(rayservice: dict[str, Any] | None) -> tuple[int, int]:
+    """(wanted, ready) serving replicas: the worker pods of the active RayCluster, one replica
+    each, as KubeRay reports them."""
+    if rayservice is None:
+        return 0, 0
+    cluster = (
+        rayservice.get("status", {}).get("activeServiceStatus", {}).get("rayClusterStatus", {})
+        or {}
+    )
+    return int(cluster.get("desiredWorkerReplicas", 0) or 0), int(
+        cluster.get("readyWorkerReplicas", 0) or 0
+    )
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _since(previous: list[dict[str, Any]], type_: str, status: str) -> datetime.datetime | None:
+    for c in previous:
+        if c.get("type") == type_ and c.get("status") == status:
+            return _parse_time(c.get("lastTransitionTime"))
+    return None
+
+
+def with_deadlines(
+    stages: dict[str, Verdict], previous: list[dict[str, Any]], now: datetime.datetime
+) -> dict[str, Verdict]:
+    """Stages still waiting past their own deadline get their own reason.
+
+    A stage's clock starts when it became not ready, or (serving) when the weights it waits
+    for became ready, whichever is later.
+    """
+    out = dict(stages)
+    for type_, (reason, limit) in DEADLINES.items():
+        verdict = stages[type_]
+        if verdict.ok or verdict.reason in FAILURE_REASONS or verdict.reason == "WaitingForWeights":
+            continue
+        start = _since(previous, type_, "False")
+        if type_ == SERVING:
+            weights_ready = _since(previous, WEIGHTS, "True")
+            start = max(filter(None, (start, weights_ready)), default=None)
+        if start is not None and now - start > limit:
+            waited = int((now - start).total_seconds() // 60)
+            out[type_] = Verdict(
+                "False",
+                reason,
+                f"Still not ready after {waited} minutes (deadline {int(limit.total_seconds() // 60)}): {verdict.message}",
+            )
+    return out
+
+
+def stages(
+    spec: AlpacaModelSpec,
+    children: ModelChildren,
+    selector: dict[str, str],
+    endpoint: str,
+    previous: list[dict[str, Any]],
+    now: datetime.datetime,
+) -> dict[str, Verdict]:
+    """Every stage's verdict, deadlines applied, and Ready from them."""
+    out = {CAPACITY: capacity(spec, children, selector), WEIGHTS: weights(spec, children)}
+    out[SERVING] = serving(spec, children, out[WEIGHTS].ok)
+    out = with_deadlines(out, previous, now)
+    out[READY] = ready(out, endpoint)
+    return out

@@ -1,0 +1,1 @@
+"""Reconcilers: render the desired children, apply what differs, observe, compute the status."""

@@ -1,0 +1,68 @@
+"""Apply a desired child only when it differs from what is live: an unchanged reconcile writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from alpaca_operator.kube import Kube
+
+HASH_ANNOTATION = "alpaca.dev/applied-hash"
+
+
+def owner_reference(owner: dict[str, Any], controller: bool = True) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def shared_owners(live: dict[str, Any] | None, owner: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live object's owners plus this one (none a controller): a shared child is
+    garbage-collected only when its last user is gone."""
+    ref = owner_reference(owner, controller=False)
+    refs = [
+        r
+        for r in ((live or {}).get("metadata", {}).get("ownerReferences") or [])
+        if r.get("uid") != ref["uid"]
+    ]
+    return sorted([*refs, ref], key=lambda r: r["uid"])
+
+
+def content_hash(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:16]
+
+
+class Applier:
+    """Applies desired children, remembering the generation each apply produced so that a
+    hand edit of a child (generation moved, hash annotation unchanged) is corrected."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._applied: dict[tuple[str, str, str], int] = {}
+
+    def ensure(self, desired: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+        """Server-side apply `desired` unless the live object already is what we applied."""
+        digest = content_hash(desired)
+        meta = desired["metadata"]
+        key = (desired["kind"], meta.get("namespace", ""), meta["name"])
+        if (
+            live is not None
+            and (live["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == digest
+        ):
+            remembered = self._applied.get(key)
+            if remembered is None or remembered == live["metadata"].get("generation"):
+                return live
+        body = json.loads(json.dumps(desired))
+        body["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
+        result = self.kube.apply(body)
+        self._applied[key] = result["metadata"].get("generation")
+        return result

@@ -1,0 +1,215 @@
+"""One pass over an AlpacaModel: capacity, weights cache, serving; then its status.
+
+Called from the handlers on create/update/resume, on every child's change, and by a timer.
+Writes only what differs (see apply.Applier); reads children fresh from the apiserver.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from alpaca_operator import conditions as cond
+from alpaca_operator.accept import Event, Outcome, accept, transition_events
+from alpaca_operator.api.model import AlpacaModelSpec
+from alpaca_operator.config import OperatorConfig
+from alpaca_operator.kube import Kube
+from alpaca_operator.observe import model as observe
+from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
+from alpaca_operator.render import capacity as render_capacity
+from alpaca_operator.render import names, rayservice, weights
+
+RAYSERVICE_CRD = "rayservices.ray.io"
+NODEPOOL_CRD = "nodepools.karpenter.sh"
+
+ApplicationFor = Callable[[AlpacaModelSpec, str, str], dict[str, Any]]
+"""(spec, model path in the pods, served model name) -> the serveConfigV2 application entry."""
+
+
+@dataclass
+class ModelContext:
+    """What one reconcile needs besides the object: the client, settings, the app renderer."""
+
+    kube: Kube
+    applier: Applier
+    config: OperatorConfig
+    application_for: ApplicationFor
+
+
+def _crds(kube: Kube, spec: AlpacaModelSpec) -> set[str]:
+    wanted = [RAYSERVICE_CRD] + ([NODEPOOL_CRD] if spec.capacity.provisioner == "karpenter" else [])
+    return {name for name in wanted if kube.crd_installed(name)}
+
+
+def _capacity(
+    ctx: ModelContext, spec: AlpacaModelSpec, name: str, ns: str, children: observe.ModelChildren
+) -> None:
+    desired = render_capacity.nodepool(spec.capacity, spec.resources, ns, name)
+    if desired is not None and NODEPOOL_CRD in children.crds:
+        live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
+        children.nodepool = ctx.applier.ensure(desired, live)
+    elif spec.capacity.provisioner == "existing" and spec.resources.gpus > 0:
+        children.nodes = ctx.kube.list("v1", "Node")
+
+
+def _fill_failure_message(kube: Kube, job: dict[str, Any]) -> str | None:
+    """The termination message of the fill Job's newest failed pod (the CLI writes its reason)."""
+    pods = kube.list(
+        "v1", "Pod", job["metadata"]["namespace"], selector=f"job-name={job['metadata']['name']}"
+    )
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        for status in pod.get("status", {}).get("containerStatuses", []) or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                return str(terminated["message"]).strip()
+    return None
+
+
+def _weights(
+    ctx: ModelContext, spec: AlpacaModelSpec, body: dict[str, Any], children: observe.ModelChildren
+) -> None:
+    ns = body["metadata"]["namespace"]
+    desired_pvc = weights.cache_pvc(spec.weights, ns)
+    cache = desired_pvc["metadata"]["name"]
+    live_pvc = ctx.kube.get("v1", "PersistentVolumeClaim", cache, ns)
+    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, body)
+    filled = ((live_pvc or {}).get("metadata", {}).get("annotations") or {}).get(
+        weights.FILLED_ANNOTATION
+    ) == "true"
+    job = None
+    if not filled:
+        job = ctx.kube.get("batch/v1", "Job", names.fill_job_name(cache), ns)
+        complete = observe.condition_of(job, "Complete")
+        filled = bool(complete and complete.get("status") == "True")
+    if filled:
+        desired_pvc["metadata"]["annotations"][weights.FILLED_ANNOTATION] = "true"
+    children.pvc = ctx.applier.ensure(desired_pvc, live_pvc)
+    if filled:
+        return
+    image = spec.images.weights or ctx.config.weights_image
+    desired_job = weights.fill_job(spec.weights, ns, image)
+    desired_job["metadata"]["ownerReferences"] = [owner_reference(children.pvc, controller=True)]
+    if job is None:
+        job = ctx.applier.ensure(desired_job, None)
+    children.fill_job = job
+    failed = observe.condition_of(job, "Failed")
+    if failed and failed.get("status") == "True":
+        children.fill_pod_message = _fill_failure_message(ctx.kube, job)
+
+
+def _serving(
+    ctx: ModelContext,
+    spec: AlpacaModelSpec,
+    body: dict[str, Any],
+    children: observe.ModelChildren,
+    place: render_capacity.Placement,
+) -> None:
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    if RAYSERVICE_CRD not in children.crds or children.pvc is None:
+        return
+    if (children.pvc["metadata"].get("annotations") or {}).get(weights.FILLED_ANNOTATION) != "true":
+        return
+    cache = names.cache_name(spec.weights)
+    served = spec.served_model_name or name
+    application = ctx.application_for(spec, rayservice.model_path(cache), served)
+    desired = rayservice.rayservice(
+        spec,
+        name,
+        ns,
+        application,
+        spec.images.serving or ctx.config.serving_image,
+        ctx.config.ray_version,
+        place,
+    )
+    owner = [owner_reference(body)]
+    desired["metadata"]["ownerReferences"] = owner
+    live = ctx.kube.get("ray.io/v1", "RayService", desired["metadata"]["name"], ns)
+    children.rayservice = ctx.applier.ensure(desired, live)
+    service = rayservice.endpoint_service(name, ns)
+    service["metadata"]["ownerReferences"] = owner
+    ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
+
+
+def reconcile_model(
+    ctx: ModelContext,
+    body: dict[str, Any],
+    spec: AlpacaModelSpec,
+    accepted: list[dict[str, Any]],
+    now: datetime.datetime,
+) -> Outcome:
+    """Bring the children to the spec and compute the status that follows (`accepted`: the
+    conditions after validation, with Accepted set)."""
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    generation = body["metadata"].get("generation")
+    place = render_capacity.placement(spec.capacity, spec.resources, ns, name)
+    children = observe.ModelChildren(crds=_crds(ctx.kube, spec))
+    _capacity(ctx, spec, name, ns, children)
+    _weights(ctx, spec, body, children)
+    _serving(ctx, spec, body, children, place)
+    return model_status(
+        spec,
+        generation,
+        body.get("status") or {},
+        accepted,
+        children,
+        place,
+        rayservice.endpoint_url(name, ns),
+        now,
+    )
+
+
+def model_status(
+    spec: AlpacaModelSpec,
+    generation: int | None,
+    status: dict[str, Any],
+    accepted: list[dict[str, Any]],
+    children: observe.ModelChildren,
+    place: render_capacity.Placement,
+    endpoint: str,
+    now: datetime.datetime,
+) -> Outcome:
+    """The status (conditions, phase, endpoint, replicas) and the Events of its transitions. Pure."""
+    previous = list(status.get("conditions") or [])
+    stages = observe.stages(spec, children, place.node_selector, endpoint, previous, now)
+    timestamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    conditions = list(accepted)
+    for type_ in (cond.CAPACITY, cond.WEIGHTS, cond.SERVING, cond.READY):
+        v = stages[type_]
+        conditions = cond.set_condition(
+            conditions, type_, v.status, v.reason, v.message, generation, timestamp
+        )
+    was_ready = status.get("phase") in ("Ready", "Degraded")
+    wanted, ready_n = observe.replicas(children.rayservice)
+    new_status: dict[str, Any] = {
+        "phase": observe.phase(stages, was_ready),
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "endpoint": endpoint if stages[cond.SERVING].ok else "",
+        "replicas": wanted,
+        "readyReplicas": ready_n,
+        "ready": f"{ready_n}/{wanted}",
+    }
+    events: list[Event] = transition_events(previous, conditions)
+    return Outcome(status=new_status, events=events)
+
+
+def run_model(ctx: ModelContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:
+    """Validate, then reconcile; an invalid spec stops before any child is touched."""
+    generation = body["metadata"].get("generation")
+    status = body.get("status") or {}
+    accepted = accept(dict(body.get("spec") or {}), AlpacaModelSpec, generation, status, "Pending")
+    if accepted.status["phase"] == "Failed":
+        return accept(
+            dict(body.get("spec") or {}),
+            AlpacaModelSpec,
+            generation,
+            status,
+            "Pending",
+            pending_message="",
+        )
+    spec = AlpacaModelSpec.model_validate(body["spec"])
+    outcome = reconcile_model(ctx, body, spec, accepted.status["conditions"], now)
+    outcome.events = [*accepted.events, *outcome.events]
+    return outcome
