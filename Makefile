@@ -10,7 +10,7 @@ SRC := $(wildcard operator serving training tests benchmarks)
 export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 
 .DEFAULT_GOAL := help
-.PHONY: help venv k8s-bins crds lint test test-fast demo clean
+.PHONY: help venv k8s-bins crds lint test test-fast demo clean golden
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ clean: ## remove the venv and build leftovers (the binary cache outside the repo
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
 -include mk/*.mk
+
+golden: venv ## regenerate the renderers' golden files (review the diff)
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/render

@@ -26,7 +26,7 @@ def _container(
     return {
         "name": name,
         "image": image,
-        "resources": {"requests": resources, "limits": resources},
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
         "volumeMounts": mounts,
         # Ray writes session files under /tmp and the image's home; vLLM compiles kernels.
         "securityContext": container_security(read_only_root=False),
@@ -67,14 +67,15 @@ def rayservice(
     """The RayService: a CPU-only head (Serve controller and proxy) and one worker group whose
     pods each hold one model replica's GPUs; KubeRay's in-tree autoscaler follows Serve."""
     cache = names.cache_name(spec.weights)
-    volumes, mounts = _volumes(cache)
     labels = names.model_labels(name, "serving")
     res = spec.resources
     worker_resources: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus > 0:
         worker_resources[GPU_RESOURCE] = str(res.gpus)
     scaling = spec.autoscaling
-    head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, mounts)
+    head_volumes, head_mounts = _volumes(cache)
+    worker_volumes, worker_mounts = _volumes(cache)
+    head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_mounts)
     head["ports"] = [
         {"name": "gcs", "containerPort": 6379},
         {"name": "dashboard", "containerPort": 8265},
@@ -84,8 +85,8 @@ def rayservice(
     ]
     worker_pod: dict[str, Any] = {
         "securityContext": pod_security(fs_group=False),
-        "containers": [_container("ray-worker", image, worker_resources, mounts)],
-        "volumes": volumes,
+        "containers": [_container("ray-worker", image, worker_resources, worker_mounts)],
+        "volumes": worker_volumes,
     }
     if place.node_selector:
         worker_pod["nodeSelector"] = dict(place.node_selector)
@@ -94,7 +95,11 @@ def rayservice(
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": names.rayservice_name(name), "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": names.rayservice_name(name),
+            "namespace": namespace,
+            "labels": dict(labels),
+        },
         "spec": {
             "upgradeStrategy": {"type": UPGRADE_STRATEGY},
             "serveConfigV2": serve_config(application),
@@ -110,11 +115,11 @@ def rayservice(
                     # and HTTP proxy only.
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                     "template": {
-                        "metadata": {"labels": labels},
+                        "metadata": {"labels": dict(labels)},
                         "spec": {
                             "securityContext": pod_security(fs_group=False),
                             "containers": [head],
-                            "volumes": volumes,
+                            "volumes": head_volumes,
                         },
                     },
                 },
@@ -125,7 +130,7 @@ def rayservice(
                         "minReplicas": scaling.min_replicas,
                         "maxReplicas": scaling.max_replicas,
                         "rayStartParams": {},
-                        "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                        "template": {"metadata": {"labels": dict(labels)}, "spec": worker_pod},
                     }
                 ],
             },

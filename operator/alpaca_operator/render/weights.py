@@ -110,7 +110,11 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": names.fill_job_name(cache), "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": names.fill_job_name(cache),
+            "namespace": namespace,
+            "labels": dict(labels),
+        },
         "spec": {
             "backoffLimit": FILL_RETRIES,
             "ttlSecondsAfterFinished": 3600,
@@ -129,7 +133,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
                 ]
             },
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(labels)},
                 "spec": {
                     "restartPolicy": "Never",
                     "securityContext": pod_security(),

@@ -1,0 +1,89 @@
+import datetime
+
+from alpaca_operator.api import AlpacaModelSpec
+from alpaca_operator.conditions import CAPACITY, READY, SERVING, WEIGHTS, Verdict
+from alpaca_operator.observe import model as observe
+
+SPEC = AlpacaModelSpec.model_validate({"weights": {"source": "hf://o/m"}, "resources": {"gpus": 2}})
+
+
+def _node(gpus: int, **labels: str) -> dict:
+    return {
+        "metadata": {"labels": labels},
+        "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+    }
+
+
+def test_capacity_on_existing_nodes():
+    children = observe.ModelChildren(nodes=[_node(1, pool="gpu"), _node(8, pool="other")])
+    v = observe.capacity(SPEC, children, {"pool": "gpu"})
+    assert (v.status, v.reason) == ("False", "InsufficientGPU")
+    assert "largest allocatable on the 1 matching node(s) is 1" in v.message
+    children.nodes.append(_node(4, pool="gpu"))
+    assert observe.capacity(SPEC, children, {"pool": "gpu"}).reason == "NodesAvailable"
+    assert observe.capacity(SPEC, children, {"pool": "none"}).reason == "WaitingForNodes"
+
+
+def test_fill_failure_reason_parsing():
+    assert observe._fill_failure("DownloadStalled: no bytes for 120s from http://x") == (
+        "DownloadStalled",
+        "no bytes for 120s from http://x",
+    )
+    assert observe._fill_failure("Traceback: boom")[0] == "Traceback"
+    assert observe._fill_failure("oops something")[0] == "FillFailed"
+    assert observe._fill_failure(None)[0] == "FillFailed"
+
+
+def test_progress_in_the_downloading_message():
+    job = {
+        "metadata": {
+            "annotations": {
+                "alpaca.dev/bytes-done": str(3 * 2**30),
+                "alpaca.dev/bytes-total": str(12 * 2**30),
+            }
+        },
+        "status": {"active": 1},
+    }
+    children = observe.ModelChildren(pvc={"metadata": {"annotations": {}}}, fill_job=job)
+    v = observe.weights(SPEC, children)
+    assert v.reason == "Downloading"
+    assert "3.0 GiB of 12.0 GiB (25%)" in v.message
+
+
+def test_phase_order_and_degraded():
+    ok = Verdict("True", "X", "")
+    waiting = Verdict("False", "Waiting", "")
+    stages = {CAPACITY: ok, WEIGHTS: waiting, SERVING: waiting, READY: waiting}
+    assert observe.phase(stages, was_ready=False) == "Downloading"
+    stages = {CAPACITY: ok, WEIGHTS: ok, SERVING: waiting, READY: waiting}
+    assert observe.phase(stages, was_ready=True) == "Degraded"
+    stages[SERVING] = Verdict("False", "KubeRayMissing", "")
+    assert observe.phase(stages, was_ready=False) == "Failed"
+
+
+def test_serving_deadline_counts_from_weights_ready():
+    now = datetime.datetime(2026, 1, 1, 12, tzinfo=datetime.UTC)
+    previous = [
+        {"type": SERVING, "status": "False", "lastTransitionTime": "2026-01-01T08:00:00Z"},
+        {"type": WEIGHTS, "status": "True", "lastTransitionTime": "2026-01-01T11:50:00Z"},
+    ]
+    stages = {
+        CAPACITY: Verdict("True", "a", ""),
+        WEIGHTS: Verdict("True", "b", ""),
+        SERVING: Verdict("False", "EngineLoading", "loading"),
+    }
+    assert observe.with_deadlines(stages, previous, now)[SERVING].reason == "EngineLoading"
+    later = now + datetime.timedelta(minutes=31)
+    assert observe.with_deadlines(stages, previous, later)[SERVING].reason == "ServingTimeout"
+
+
+def test_replicas_from_the_active_cluster():
+    rs = {
+        "status": {
+            "activeServiceStatus": {
+                "rayClusterStatus": {"desiredWorkerReplicas": 3, "readyWorkerReplicas": 2}
+            }
+        }
+    }
+    assert observe.replicas(rs) == (3, 2)
+    assert observe.replicas(None) == (0, 0)
