@@ -166,6 +166,23 @@ class ControlPlane:
             ],
         )
 
+    def start_controller_manager(self, controllers: list[str]) -> None:
+        """Run kube-controller-manager with only the named controllers (e.g. the garbage
+        collector), as the cluster admin."""
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(controllers)}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--secure-port=0",
+                "--concurrent-gc-syncs=5",
+                "--v=1",
+            ],
+        )
+
     def _ssl_context(self) -> ssl.SSLContext:
         assert self.pki is not None
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
