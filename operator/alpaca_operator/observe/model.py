@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alpaca_operator.api.model import AlpacaModelSpec
+from alpaca_operator.api.weights import Weights
 from alpaca_operator.conditions import (
     CAPACITY,
     FAILURE_REASONS,
@@ -37,15 +38,28 @@ DEADLINES = {
 
 
 @dataclass
+class CacheState:
+    """A weights cache as seen in one pass: its PVC, its fill Job, why the fill failed."""
+
+    pvc: dict[str, Any] | None = None
+    fill_job: dict[str, Any] | None = None
+    fill_pod_message: str | None = None
+
+    @property
+    def filled(self) -> bool:
+        return ((self.pvc or {}).get("metadata", {}).get("annotations") or {}).get(
+            FILLED_ANNOTATION
+        ) == "true"
+
+
+@dataclass
 class ModelChildren:
     """What the operator saw of a model's world in one pass."""
 
     crds: set[str] = field(default_factory=set)
     nodepool: dict[str, Any] | None = None
     nodes: list[dict[str, Any]] = field(default_factory=list)
-    pvc: dict[str, Any] | None = None
-    fill_job: dict[str, Any] | None = None
-    fill_pod_message: str | None = None
+    cache: CacheState = field(default_factory=CacheState)
     rayservice: dict[str, Any] | None = None
 
 
@@ -142,22 +156,22 @@ def _fill_failure(message: str | None) -> tuple[str, str]:
     return "FillFailed", (message or "the fill Job failed; see its pod logs").strip()
 
 
-def weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
-    cache = names.cache_name(spec.weights)
-    pvc = children.pvc
-    if pvc is None:
+def weights(spec: Weights, state: CacheState) -> Verdict:
+    """The weights stage of anything that uses a cache (a model, a fine-tune's base)."""
+    cache = names.cache_name(spec)
+    if state.pvc is None:
         return Verdict("False", "CacheCreating", f"Creating the weights cache volume {cache}.")
-    if (pvc["metadata"].get("annotations") or {}).get(FILLED_ANNOTATION) == "true":
+    if state.filled:
         return Verdict(
-            "True", "CacheFilled", f"Weights cache {cache} is filled from {spec.weights.source}."
+            "True", "CacheFilled", f"Weights cache {cache} is filled from {spec.source}."
         )
-    job = children.fill_job
+    job = state.fill_job
     if job is None:
         return Verdict("False", "FillPending", f"Starting the Job that fills {cache}.")
     status = job.get("status", {})
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":
-        reason, text = _fill_failure(children.fill_pod_message)
+        reason, text = _fill_failure(state.fill_pod_message)
         return Verdict("False", reason, f"Filling {cache} failed: {text}")
     complete = condition_of(job, "Complete")
     if complete and complete.get("status") == "True":
@@ -171,10 +185,10 @@ def weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
         return Verdict(
             "False",
             "Downloading",
-            f"Downloading {spec.weights.source}: {_bytes(int(done))} of {_bytes(int(total))} ({pct:.0f}%).",
+            f"Downloading {spec.source}: {_bytes(int(done))} of {_bytes(int(total))} ({pct:.0f}%).",
         )
     if status.get("active"):
-        return Verdict("False", "Downloading", f"Downloading {spec.weights.source} into {cache}.")
+        return Verdict("False", "Downloading", f"Downloading {spec.source} into {cache}.")
     return Verdict(
         "False", "FillPending", f"The fill Job for {cache} is waiting for a pod to start."
     )
@@ -303,7 +317,10 @@ def stages(
     now: datetime.datetime,
 ) -> dict[str, Verdict]:
     """Every stage's verdict, deadlines applied, and Ready from them."""
-    out = {CAPACITY: capacity(spec, children, selector), WEIGHTS: weights(spec, children)}
+    out = {
+        CAPACITY: capacity(spec, children, selector),
+        WEIGHTS: weights(spec.weights, children.cache),
+    }
     out[SERVING] = serving(spec, children, out[WEIGHTS].ok)
     out = with_deadlines(out, previous, now)
     out[READY] = ready(out, endpoint)

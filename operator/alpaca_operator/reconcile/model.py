@@ -17,9 +17,10 @@ from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe import model as observe
-from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
+from alpaca_operator.reconcile.apply import Applier, owner_reference
+from alpaca_operator.reconcile.cache import ensure_cache
 from alpaca_operator.render import capacity as render_capacity
-from alpaca_operator.render import names, rayservice, weights
+from alpaca_operator.render import names, rayservice
 
 RAYSERVICE_CRD = "rayservices.ray.io"
 NODEPOOL_CRD = "nodepools.karpenter.sh"
@@ -54,49 +55,11 @@ def _capacity(
         children.nodes = ctx.kube.list("v1", "Node")
 
 
-def _fill_failure_message(kube: Kube, job: dict[str, Any]) -> str | None:
-    """The termination message of the fill Job's newest failed pod (the CLI writes its reason)."""
-    pods = kube.list(
-        "v1", "Pod", job["metadata"]["namespace"], selector=f"job-name={job['metadata']['name']}"
-    )
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
-        for status in pod.get("status", {}).get("containerStatuses", []) or []:
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated.get("message"):
-                return str(terminated["message"]).strip()
-    return None
-
-
 def _weights(
     ctx: ModelContext, spec: AlpacaModelSpec, body: dict[str, Any], children: observe.ModelChildren
 ) -> None:
-    ns = body["metadata"]["namespace"]
-    desired_pvc = weights.cache_pvc(spec.weights, ns)
-    cache = desired_pvc["metadata"]["name"]
-    live_pvc = ctx.kube.get("v1", "PersistentVolumeClaim", cache, ns)
-    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, body)
-    filled = ((live_pvc or {}).get("metadata", {}).get("annotations") or {}).get(
-        weights.FILLED_ANNOTATION
-    ) == "true"
-    job = None
-    if not filled:
-        job = ctx.kube.get("batch/v1", "Job", names.fill_job_name(cache), ns)
-        complete = observe.condition_of(job, "Complete")
-        filled = bool(complete and complete.get("status") == "True")
-    if filled:
-        desired_pvc["metadata"]["annotations"][weights.FILLED_ANNOTATION] = "true"
-    children.pvc = ctx.applier.ensure(desired_pvc, live_pvc)
-    if filled:
-        return
     image = spec.images.weights or ctx.config.weights_image
-    desired_job = weights.fill_job(spec.weights, ns, image)
-    desired_job["metadata"]["ownerReferences"] = [owner_reference(children.pvc, controller=True)]
-    if job is None:
-        job = ctx.applier.ensure(desired_job, None)
-    children.fill_job = job
-    failed = observe.condition_of(job, "Failed")
-    if failed and failed.get("status") == "True":
-        children.fill_pod_message = _fill_failure_message(ctx.kube, job)
+    children.cache = ensure_cache(ctx.kube, ctx.applier, spec.weights, body, image)
 
 
 def _serving(
@@ -107,9 +70,7 @@ def _serving(
     place: render_capacity.Placement,
 ) -> None:
     name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
-    if RAYSERVICE_CRD not in children.crds or children.pvc is None:
-        return
-    if (children.pvc["metadata"].get("annotations") or {}).get(weights.FILLED_ANNOTATION) != "true":
+    if RAYSERVICE_CRD not in children.crds or not children.cache.filled:
         return
     cache = names.cache_name(spec.weights)
     served = spec.served_model_name or name

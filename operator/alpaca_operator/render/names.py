@@ -87,3 +87,31 @@ def cache_labels(cache: str) -> dict[str, str]:
         LABEL_COMPONENT: "weights-cache",
         LABEL_CACHE: cache,
     }
+
+
+def output_pvc_name(finetune: str) -> str:
+    return f"{finetune}-output"
+
+
+def training_job_name(finetune: str) -> str:
+    return f"{finetune}-train"
+
+
+def rendezvous_service_name(finetune: str) -> str:
+    """Headless Service giving each training pod a stable DNS name (rank 0 hosts rendezvous)."""
+    return f"{finetune}-ranks"
+
+
+def trainer_account_name(finetune: str) -> str:
+    return f"{finetune}-trainer"
+
+
+def finetune_labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "alpaca-finetune",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        LABEL_COMPONENT: component,
+        LABEL_FINETUNE: name,
+    }

@@ -44,8 +44,8 @@ def test_progress_in_the_downloading_message():
         },
         "status": {"active": 1},
     }
-    children = observe.ModelChildren(pvc={"metadata": {"annotations": {}}}, fill_job=job)
-    v = observe.weights(SPEC, children)
+    state = observe.CacheState(pvc={"metadata": {"annotations": {}}}, fill_job=job)
+    v = observe.weights(SPEC.weights, state)
     assert v.reason == "Downloading"
     assert "3.0 GiB of 12.0 GiB (25%)" in v.message
 

@@ -1,0 +1,61 @@
+"""The shared weights cache: one PVC per weights identity, filled once by one Job.
+
+Every user (AlpacaModel, AlpacaFineTune) is an owner reference on the PVC and none is its
+controller, so the garbage collector removes the cache with its last user. The fill Job is
+owned by the PVC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alpaca_operator.api.weights import Weights
+from alpaca_operator.kube import Kube
+from alpaca_operator.observe.model import CacheState, condition_of
+from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
+from alpaca_operator.render import names, weights
+
+
+def _fill_failure_message(kube: Kube, job: dict[str, Any]) -> str | None:
+    """The termination message of the fill Job's newest failed pod (the CLI writes its reason)."""
+    meta = job["metadata"]
+    pods = kube.list("v1", "Pod", meta["namespace"], selector=f"job-name={meta['name']}")
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        for status in pod.get("status", {}).get("containerStatuses", []) or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                return str(terminated["message"]).strip()
+    return None
+
+
+def ensure_cache(
+    kube: Kube, applier: Applier, spec: Weights, user: dict[str, Any], image: str
+) -> CacheState:
+    """Make the cache exist with `user` among its owners, fill it if not filled; what is seen."""
+    ns = user["metadata"]["namespace"]
+    desired_pvc = weights.cache_pvc(spec, ns)
+    cache = desired_pvc["metadata"]["name"]
+    live_pvc = kube.get("v1", "PersistentVolumeClaim", cache, ns)
+    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user)
+    state = CacheState(pvc=live_pvc)
+    annotations = desired_pvc["metadata"]["annotations"]
+    job = None
+    if state.filled:
+        annotations[weights.FILLED_ANNOTATION] = "true"
+    else:
+        job = kube.get("batch/v1", "Job", names.fill_job_name(cache), ns)
+        complete = condition_of(job, "Complete")
+        if complete and complete.get("status") == "True":
+            annotations[weights.FILLED_ANNOTATION] = "true"
+    state.pvc = applier.ensure(desired_pvc, live_pvc)
+    if state.filled:
+        return state
+    if job is None:
+        desired_job = weights.fill_job(spec, ns, image)
+        desired_job["metadata"]["ownerReferences"] = [owner_reference(state.pvc, controller=True)]
+        job = applier.ensure(desired_job, None)
+    state.fill_job = job
+    failed = condition_of(job, "Failed")
+    if failed and failed.get("status") == "True":
+        state.fill_pod_message = _fill_failure_message(kube, job)
+    return state
