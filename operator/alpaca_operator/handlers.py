@@ -16,11 +16,12 @@ from typing import Any
 import kopf
 import kubernetes
 
-from alpaca_operator.accept import Outcome, accept
+from alpaca_operator.accept import Outcome
 from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.reconcile.apply import Applier
+from alpaca_operator.reconcile.finetune import FineTuneContext, run_finetune
 from alpaca_operator.reconcile.model import ModelContext, run_model
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.reconcile.status import write_status
@@ -47,7 +48,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kubernetes.config.load_kube_config()
     kube = Kube(kubernetes.client.ApiClient())
     memo.kube = kube
-    memo.models = ModelContext(kube, Applier(kube), OperatorConfig.from_env(), application_for)
+    applier, config = Applier(kube), OperatorConfig.from_env()
+    memo.models = ModelContext(kube, applier, config, application_for)
+    memo.finetunes = FineTuneContext(kube, applier, config)
 
 
 def _now() -> datetime.datetime:
@@ -64,6 +67,21 @@ def _reconcile_model(memo: kopf.Memo, body: dict[str, Any]) -> None:
     _publish(memo.kube, body, run_model(memo.models, body, _now()))
 
 
+def _reconcile_finetune(memo: kopf.Memo, body: dict[str, Any]) -> None:
+    _publish(memo.kube, body, run_finetune(memo.finetunes, body, _now()))
+
+
+def _wake(memo: kopf.Memo, kind: str, namespace: str, name: str) -> None:
+    """Recompute a parent after one of its children changed."""
+    parent = memo.kube.get(API_VERSION, kind, name, namespace)
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return
+    if kind == model.KIND:
+        _reconcile_model(memo, parent)
+    else:
+        _reconcile_finetune(memo, parent)
+
+
 @kopf.on.resume(*MODEL)
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL, field="spec")
@@ -78,7 +96,7 @@ def _in_scope(memo: kopf.Memo, namespace: str) -> bool:
 
 
 async def _resync(memo: kopf.Memo) -> None:
-    """Every model once a minute: stage deadlines, nodes, CRDs installed later.
+    """Every model and fine-tune once a minute: stage deadlines, nodes, CRDs installed later.
 
     One operator-level loop rather than a kopf timer per object: kopf puts a finalizer on
     objects with timers, and nothing here needs one.
@@ -113,27 +131,27 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
-def _wake_model(memo: kopf.Memo, namespace: str, name: str) -> None:
-    parent = memo.kube.get(API_VERSION, model.KIND, name, namespace)
-    if parent is not None and not parent["metadata"].get("deletionTimestamp"):
-        _reconcile_model(memo, parent)
-
-
 @kopf.on.event("ray.io", "v1", "rayservices", labels={names.LABEL_MODEL: kopf.PRESENT})
 @kopf.on.event("v1", "services", labels={names.LABEL_MODEL: kopf.PRESENT})
 def serving_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A RayService or endpoint Service changed: its AlpacaModel recomputes."""
-    _wake_model(memo, namespace, labels[names.LABEL_MODEL])
+    _wake(memo, model.KIND, namespace, labels[names.LABEL_MODEL])
 
 
 @kopf.on.event("v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_CACHE: kopf.PRESENT})
 def cache_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A weights cache or its fill Job changed: every model that uses the cache recomputes."""
+    """A weights cache or its fill Job changed: every user of the cache recomputes."""
     pvc = memo.kube.get("v1", "PersistentVolumeClaim", labels[names.LABEL_CACHE], namespace)
     for ref in (pvc or {}).get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == model.KIND:
-            _wake_model(memo, namespace, ref["name"])
+        if ref.get("kind") in (model.KIND, finetune.KIND):
+            _wake(memo, ref["kind"], namespace, ref["name"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_FINETUNE: kopf.PRESENT})
+def training_job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """The training Job changed (pods started, finished, failed): its fine-tune recomputes."""
+    _wake(memo, finetune.KIND, namespace, labels[names.LABEL_FINETUNE])
 
 
 @kopf.timer(
@@ -156,20 +174,9 @@ def sweep_nodepool(
 @kopf.on.resume(*FINETUNE)
 @kopf.on.create(*FINETUNE)
 @kopf.on.update(*FINETUNE, field="spec")
-def finetune_changed(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
+def finetune_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """AlpacaFineTune created, changed, or found at start-up."""
-    phase = "Suspended" if spec.get("suspend") else "Pending"
-    outcome = accept(
-        dict(spec), finetune.AlpacaFineTuneSpec, meta.get("generation"), dict(status), phase
-    )
-    _publish(memo.kube, dict(body), outcome)
+    _reconcile_finetune(memo, dict(body))
 
 
 @kopf.on.delete(*MODEL, optional=True)

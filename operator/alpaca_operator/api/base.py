@@ -37,16 +37,32 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     return entry
 
 
-def defaulted(model: type[ApiModel], description: str, **overrides: Any) -> Any:
+def immutable(what: str, remedy: str) -> dict[str, list[dict[str, str]]]:
+    """Schema extra for a field that cannot change after creation (a CEL transition rule)."""
+    return {
+        "x-kubernetes-validations": [
+            cel("self == oldSelf", f"{what} cannot change once created: {remedy}")
+        ]
+    }
+
+
+def defaulted(
+    model: type[ApiModel],
+    description: str,
+    *,
+    frozen: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Any:
     """A nested object field that defaults to the model's defaults, on both sides.
 
     The CRD gets the full default object (not `{}`), so the apiserver fills the nested values in
-    (`kubectl get -o yaml` shows the values in effect) and CEL rules always see them.
+    (`kubectl get -o yaml` shows the values in effect) and CEL rules always see them. `frozen`:
+    an `immutable(...)` schema extra.
     """
     return Field(
         default_factory=lambda: model(**overrides),
         description=description,
-        json_schema_extra={"default": model(**overrides).to_wire()},
+        json_schema_extra={"default": model(**overrides).to_wire(), **(frozen or {})},
     )
 
 

@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from alpaca_operator.api.base import ApiModel, Condition, DnsLabel, Quantity, cel, defaulted
+from alpaca_operator.api.base import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    Quantity,
+    cel,
+    defaulted,
+    immutable,
+)
 from alpaca_operator.api.capacity import Capacity, Resources
 from alpaca_operator.api.model import Autoscaling, Engine
 from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
@@ -22,11 +30,7 @@ LORA_LEARNING_RATE = 3e-4
 
 
 def _immutable(what: str) -> dict[str, list[dict[str, str]]]:
-    return {
-        "x-kubernetes-validations": [
-            cel("self == oldSelf", f"{what} cannot change once created: make a new AlpacaFineTune")
-        ]
-    }
+    return immutable(what, "make a new AlpacaFineTune")
 
 
 class Dataset(ApiModel):
@@ -178,25 +182,32 @@ class AlpacaFineTuneSpec(ApiModel):
     )
     method: Literal["full", "lora"] = Field(
         default="full",
+        json_schema_extra=_immutable("method"),
         description="full: all weights, FSDP full_shard across GPUs (Stanford Alpaca). lora: "
         "low-rank adapters only (alpaca-lora); the output is an adapter.",
     )
     hyperparameters: Hyperparameters = defaulted(
         Hyperparameters,
         "The recipe; Stanford Alpaca's 7B values by default.",
+        frozen=_immutable("hyperparameters"),
     )
-    lora: Lora | None = Field(default=None, description="LoRA settings, with method lora.")
+    lora: Lora | None = Field(
+        default=None,
+        description="LoRA settings, with method lora.",
+        json_schema_extra=_immutable("lora"),
+    )
     resources: TrainingResources = defaulted(
         TrainingResources,
         "Nodes, and GPUs, CPU and memory per node.",
+        frozen=_immutable("resources"),
     )
     capacity: Capacity = defaulted(
         Capacity,
         "Where training pods run and how GPU nodes are obtained.",
+        frozen=_immutable("capacity"),
     )
     output: Output = defaulted(
-        Output,
-        "Checkpoints and the final model.",
+        Output, "Checkpoints and the final model.", frozen=_immutable("output")
     )
     serve: Serve | None = Field(
         default=None, description="Serve the result as an AlpacaModel when training succeeds."
@@ -210,7 +221,9 @@ class AlpacaFineTuneSpec(ApiModel):
         default=None,
         description="Kueue LocalQueue; passed to the Job as kueue.x-k8s.io/queue-name.",
     )
-    image: str | None = Field(default=None, description="Training image override.")
+    image: str | None = Field(
+        default=None, description="Training image override.", json_schema_extra=_immutable("image")
+    )
 
 
 FineTunePhase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]

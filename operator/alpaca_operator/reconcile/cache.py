@@ -16,8 +16,8 @@ from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_own
 from alpaca_operator.render import names, weights
 
 
-def _fill_failure_message(kube: Kube, job: dict[str, Any]) -> str | None:
-    """The termination message of the fill Job's newest failed pod (the CLI writes its reason)."""
+def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
+    """The newest termination message among a Job's pods (the weights CLI writes its reason there)."""
     meta = job["metadata"]
     pods = kube.list("v1", "Pod", meta["namespace"], selector=f"job-name={meta['name']}")
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
@@ -57,5 +57,5 @@ def ensure_cache(
     state.fill_job = job
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":
-        state.fill_pod_message = _fill_failure_message(kube, job)
+        state.fill_pod_message = termination_message(kube, job)
     return state

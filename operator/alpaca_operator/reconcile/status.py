@@ -15,6 +15,7 @@ OWNED = (
     "replicas",
     "readyReplicas",
     "ready",
+    "output",
 )
 
 

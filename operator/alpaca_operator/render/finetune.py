@@ -135,6 +135,7 @@ def training_job(
     image: str,
     weights_image: str,
     place: Placement,
+    suspend: bool,
 ) -> dict[str, Any]:
     """The Indexed Job: one pod per node; an init container fetches the dataset to the output
     volume, then torchrun starts one process per GPU. Preemption (DisruptionTarget) does not
@@ -186,7 +187,7 @@ def training_job(
     }
     labels = names.finetune_labels(name, "training")
     pod: dict[str, Any] = {
-        "restartPolicy": "OnFailure",
+        "restartPolicy": "Never",  # podFailurePolicy needs it; a new pod keeps its index and hostname
         "subdomain": names.rendezvous_service_name(name),
         "serviceAccountName": names.trainer_account_name(name),
         "securityContext": pod_security(),
@@ -219,7 +220,7 @@ def training_job(
             "completions": res.nodes,
             "parallelism": res.nodes,
             "backoffLimit": 6 * res.nodes,
-            "suspend": spec.suspend,
+            "suspend": suspend,
             "podFailurePolicy": {
                 "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
             },

@@ -1,0 +1,122 @@
+"""AlpacaFineTune status from its base-weights cache and its training Job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from alpaca_operator.api.finetune import AlpacaFineTuneSpec
+from alpaca_operator.conditions import FAILURE_REASONS, WEIGHTS, Verdict
+from alpaca_operator.observe.model import CacheState, condition_of, weights
+
+TRAINING = "Training"
+SUCCEEDED = "Succeeded"
+SERVED = "Served"
+
+
+@dataclass
+class FineTuneChildren:
+    """What the operator saw of a fine-tune's world in one pass."""
+
+    cache: CacheState = field(default_factory=CacheState)
+    job: dict[str, Any] | None = None
+    failure_message: str | None = None
+    served: dict[str, Any] | None = None
+
+
+def _true(obj: dict[str, Any] | None, type_: str) -> bool:
+    c = condition_of(obj, type_)
+    return bool(c and c.get("status") == "True")
+
+
+def training(spec: AlpacaFineTuneSpec, children: FineTuneChildren) -> Verdict:
+    if spec.suspend and not _true(children.job, "Complete"):
+        return Verdict(
+            "False",
+            "Suspended",
+            "spec.suspend is true: no training pods run; set it to false to resume from the last checkpoint.",
+        )
+    if not children.cache.filled:
+        return Verdict(
+            "False", "WaitingForWeights", "Training starts once the base weights cache is filled."
+        )
+    job = children.job
+    if job is None:
+        return Verdict("False", "JobCreating", "Creating the training Job.")
+    if _true(job, "Complete"):
+        return Verdict("False", "Completed", "Training finished.")
+    if _true(job, "Failed"):
+        cond = condition_of(job, "Failed") or {}
+        detail = (
+            children.failure_message
+            or cond.get("message")
+            or cond.get("reason")
+            or "see the pod logs"
+        )
+        return Verdict(
+            "False",
+            "TrainingFailed",
+            f"The training Job failed ({cond.get('reason', 'Failed')}): {detail[:800]}",
+        )
+    if job.get("spec", {}).get("suspend"):
+        if spec.queue_name and not spec.suspend:
+            return Verdict(
+                "False", "Queued", f"Waiting in Kueue queue {spec.queue_name} for quota."
+            )
+        return Verdict(
+            "False",
+            "Suspended",
+            "spec.suspend is true: no training pods run; set it to false to resume from the last checkpoint.",
+        )
+    status = job.get("status", {})
+    ready = int(status.get("ready", 0) or 0)
+    nodes = spec.resources.nodes
+    if ready >= nodes:
+        return Verdict("True", "Running", f"All {nodes} node(s) are training.")
+    return Verdict(
+        "False",
+        "WaitingForPods",
+        f"{ready} of {nodes} training pod(s) ready; waiting for GPUs and images.",
+    )
+
+
+def phase(spec: AlpacaFineTuneSpec, verdicts: dict[str, Verdict]) -> str:
+    if any(v.reason in FAILURE_REASONS or v.reason == "TrainingFailed" for v in verdicts.values()):
+        return "Failed"
+    if verdicts[SUCCEEDED].ok:
+        return "Succeeded"
+    if verdicts[TRAINING].reason in ("Suspended", "Queued"):
+        return "Suspended"
+    if verdicts[TRAINING].ok:
+        return "Running"
+    return "Pending"
+
+
+def verdicts(
+    spec: AlpacaFineTuneSpec, children: FineTuneChildren, output: str
+) -> dict[str, Verdict]:
+    out = {WEIGHTS: weights(spec.base_model, children.cache), TRAINING: training(spec, children)}
+    done = _true(children.job, "Complete")
+    out[SUCCEEDED] = (
+        Verdict(
+            "True",
+            "Succeeded",
+            f"The fine-tuned {'adapter' if spec.method == 'lora' else 'model'} is at {output}.",
+        )
+        if done
+        else Verdict("False", "NotFinished", "Training has not finished.")
+    )
+    if spec.serve is not None:
+        if children.served is not None:
+            out[SERVED] = Verdict(
+                "True",
+                "ModelCreated",
+                f"AlpacaModel {spec.serve.name} serves the result; its own status tells when it is ready.",
+            )
+        else:
+            out[SERVED] = Verdict(
+                "False",
+                "WaitingForTraining",
+                f"AlpacaModel {spec.serve.name} is created when training succeeds.",
+            )
+    return out

@@ -1,0 +1,159 @@
+"""One pass over an AlpacaFineTune: base weights, output volume, trainer account, the Indexed
+Job; on success, the AlpacaModel that serves the result."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from alpaca_operator import conditions as cond
+from alpaca_operator.accept import Outcome, accept, transition_events
+from alpaca_operator.api.finetune import AlpacaFineTuneSpec
+from alpaca_operator.config import OperatorConfig
+from alpaca_operator.kube import Kube
+from alpaca_operator.observe import finetune as observe
+from alpaca_operator.observe.model import condition_of
+from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
+from alpaca_operator.reconcile.cache import ensure_cache, termination_message
+from alpaca_operator.render import capacity as render_capacity
+from alpaca_operator.render import finetune as render
+from alpaca_operator.render import names
+
+
+@dataclass
+class FineTuneContext:
+    kube: Kube
+    applier: Applier
+    config: OperatorConfig
+
+
+def _output_volume(
+    ctx: FineTuneContext,
+    spec: AlpacaFineTuneSpec,
+    body: dict[str, Any],
+    served: dict[str, Any] | None,
+) -> None:
+    """The output PVC: owned by the fine-tune and, once it exists, by the model serving it, so
+    deleting the AlpacaFineTune record does not take the served weights away."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    desired = render.output_pvc(spec, name, ns)
+    live = ctx.kube.get("v1", "PersistentVolumeClaim", desired["metadata"]["name"], ns)
+    owners = shared_owners(live, body)
+    if served is not None:
+        owners = shared_owners({"metadata": {"ownerReferences": owners}}, served)
+    desired["metadata"]["ownerReferences"] = owners
+    ctx.applier.ensure(desired, live)
+
+
+def _owned(ctx: FineTuneContext, desired: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    desired["metadata"]["ownerReferences"] = [owner_reference(body)]
+    meta = desired["metadata"]
+    live = ctx.kube.get(desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace"))
+    return ctx.applier.ensure(desired, live)
+
+
+def _served_model(
+    ctx: FineTuneContext, spec: AlpacaFineTuneSpec, body: dict[str, Any], job: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if spec.serve is None:
+        return None
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    live = ctx.kube.get("alpaca.dev/v1alpha1", "AlpacaModel", spec.serve.name, ns)
+    complete = condition_of(job, "Complete")
+    if not (complete and complete.get("status") == "True"):
+        return live
+    desired = render.served_model(spec, name, ns, spec.base_model.to_wire())
+    assert desired is not None
+    return ctx.applier.ensure(desired, live)
+
+
+def _suspend(spec: AlpacaFineTuneSpec, job: dict[str, Any] | None) -> bool:
+    """spec.suspend wins; with a Kueue queue the Job starts suspended and Kueue owns the flag
+    after that (the operator mirrors it instead of fighting the admission)."""
+    if spec.suspend:
+        return True
+    if spec.queue_name:
+        return bool(job["spec"].get("suspend")) if job is not None else True
+    return False
+
+
+def reconcile_finetune(
+    ctx: FineTuneContext,
+    body: dict[str, Any],
+    spec: AlpacaFineTuneSpec,
+    accepted: list[dict[str, Any]],
+    now: datetime.datetime,
+) -> Outcome:
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    children = observe.FineTuneChildren()
+    children.cache = ensure_cache(
+        ctx.kube, ctx.applier, spec.base_model, body, ctx.config.weights_image
+    )
+    job_name = names.training_job_name(name)
+    job = ctx.kube.get("batch/v1", "Job", job_name, ns)
+    children.served = _served_model(ctx, spec, body, job)
+    _output_volume(ctx, spec, body, children.served)
+    _owned(ctx, render.rendezvous_service(name, ns), body)
+    for obj in render.trainer_rbac(name, ns):
+        _owned(ctx, obj, body)
+    if children.cache.filled:
+        place = render_capacity.placement(spec.capacity, spec.resources, ns, name)
+        desired = render.training_job(
+            spec,
+            name,
+            ns,
+            names.cache_name(spec.base_model),
+            spec.image or ctx.config.training_image,
+            ctx.config.weights_image,
+            place,
+            suspend=_suspend(spec, job),
+        )
+        job = _owned(ctx, desired, body)
+    children.job = job
+    failed = condition_of(job, "Failed")
+    if failed and failed.get("status") == "True":
+        children.failure_message = termination_message(ctx.kube, job)
+    return finetune_status(spec, body, accepted, children, now)
+
+
+def finetune_status(
+    spec: AlpacaFineTuneSpec,
+    body: dict[str, Any],
+    accepted: list[dict[str, Any]],
+    children: observe.FineTuneChildren,
+    now: datetime.datetime,
+) -> Outcome:
+    """Conditions, phase and output location, and the Events of the transitions. Pure."""
+    name = body["metadata"]["name"]
+    generation = body["metadata"].get("generation")
+    previous = list((body.get("status") or {}).get("conditions") or [])
+    output = f"pvc://{names.output_pvc_name(name)}/final"
+    verdicts = observe.verdicts(spec, children, output)
+    timestamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    conditions = list(accepted)
+    for type_, v in verdicts.items():
+        conditions = cond.set_condition(
+            conditions, type_, v.status, v.reason, v.message, generation, timestamp
+        )
+    status: dict[str, Any] = {
+        "phase": observe.phase(spec, verdicts),
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    if verdicts[observe.SUCCEEDED].ok:
+        status["output"] = output
+    return Outcome(status=status, events=transition_events(previous, conditions))
+
+
+def run_finetune(ctx: FineTuneContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:
+    """Validate, then reconcile; an invalid spec stops before any child is touched."""
+    generation = body["metadata"].get("generation")
+    raw = dict(body.get("spec") or {})
+    accepted = accept(raw, AlpacaFineTuneSpec, generation, body.get("status") or {}, "Pending")
+    if accepted.status["phase"] == "Failed":
+        return accepted
+    spec = AlpacaFineTuneSpec.model_validate(raw)
+    outcome = reconcile_finetune(ctx, body, spec, accepted.status["conditions"], now)
+    outcome.events = [*accepted.events, *outcome.events]
+    return outcome
