@@ -46,6 +46,7 @@ KINDS = {
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         Kind("ray.io/v1", "RayService", "rayservices"),
+        Kind("ray.io/v1", "RayCluster", "rayclusters"),
         Kind("karpenter.sh/v1", "NodePool", "nodepools", namespaced=False),
         Kind("alpaca.dev/v1alpha1", "AlpacaModel", "alpacamodels"),
         Kind("alpaca.dev/v1alpha1", "AlpacaFineTune", "alpacafinetunes"),
@@ -127,6 +128,20 @@ class Kube:
             body=obj,
             query=[("fieldManager", self.field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
+        )
+
+    def json_patch(
+        self, api_version: str, kind: str, name: str, namespace: str | None, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """An RFC 6902 patch, for the few fields of another controller's object we adjust
+        (list elements that server-side apply would replace whole)."""
+        self.writes += 1
+        return self._request(
+            "PATCH",
+            KINDS[(api_version, kind)].path(namespace, name),
+            body=ops,
+            query=[("fieldManager", self.field_manager)],
+            content_type="application/json-patch+json",
         )
 
     def get(

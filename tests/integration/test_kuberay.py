@@ -21,33 +21,26 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def kuberay(control_plane, thirdparty_crds, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
-    binary = (
-        subprocess.run(
-            ["bash", str(REPO / "scripts" / "thirdparty.sh"), "kuberay"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    log = tmp_path_factory.mktemp("kuberay") / "kuberay.log"
+def _start_kuberay(cp, log: Path) -> subprocess.Popen[bytes]:
+    script = REPO / "scripts" / "thirdparty.sh"
+    binary = subprocess.run(
+        ["bash", str(script), "kuberay"], check=True, capture_output=True, text=True
+    ).stdout
     with log.open("wb") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [
-                binary,
-                f"--kubeconfig={control_plane.kubeconfig}",
+                binary.strip().splitlines()[-1],
+                f"--kubeconfig={cp.kubeconfig}",
                 "--enable-leader-election=false",
                 f"--metrics-addr=127.0.0.1:{free_port()}",
                 f"--health-probe-bind-address=127.0.0.1:{free_port()}",
-                "--zap-log-level=info",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    yield proc
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -55,6 +48,31 @@ def kuberay(control_plane, thirdparty_crds, tmp_path_factory) -> Iterator[subpro
         proc.kill()
         proc.wait()
     print(log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def kuberay(control_plane, thirdparty_crds, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
+    """The real KubeRay operator on the session control plane."""
+    log = tmp_path_factory.mktemp("kuberay") / "kuberay.log"
+    proc = _start_kuberay(control_plane, log)
+    yield proc
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="module")
+def gc_kuberay_plane(control_plane, thirdparty_crds, tmp_path_factory):
+    """A control plane with the garbage collector and KubeRay running: pods of a deleted
+    RayCluster really go, as in a cluster."""
+    from alpaca_operator.localdev.controlplane import ControlPlane
+
+    with ControlPlane(bin_dir=control_plane.bin_dir, workdir=tmp_path_factory.mktemp("gckr")) as cp:
+        cp.kubectl_run("apply", "--server-side", "-f", str(thirdparty_crds), timeout=120)
+        cp.wait_established("rayservices.ray.io", "rayclusters.ray.io")
+        cp.start_controller_manager(["garbage-collector-controller", "serviceaccount-controller"])
+        log = cp.workdir / "kuberay.log"
+        proc = _start_kuberay(cp, log)
+        yield cp
+        _stop(proc, log)
 
 
 def _items(cp, ns: str, resource: str) -> list[dict[str, Any]]:
@@ -109,3 +127,93 @@ def test_kuberay_accepts_our_rayservice(control_plane, kuberay, namespace):
     head = next(p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "head")
     assert "autoscaler" in [c["name"] for c in head["spec"]["containers"]]
     cp.kubectl_run("delete", "rayservice", "alpaca", "-n", namespace, "--wait=false")
+
+
+def test_changes_never_start_a_second_cluster(gc_kuberay_plane):
+    """Worker bounds change in place; a pod-template change recreates the one cluster."""
+    from alpaca_operator.reconcile.upgrade import RECREATED, RESCALED, settle_cluster
+
+    cp = gc_kuberay_plane
+    namespace = "default"
+
+    def render(gpus: int, max_replicas: int) -> dict[str, Any]:
+        spec = AlpacaModelSpec.model_validate(
+            {
+                "weights": {"source": "hf://a/b"},
+                "resources": {"gpus": gpus},
+                "autoscaling": {"maxReplicas": max_replicas},
+            }
+        )
+        place = capacity.placement(spec.capacity, spec.resources, namespace, "m")
+        app = application_for(spec, "/models/x", "m")
+        return rayservice.rayservice(spec, "m", namespace, app, "img", "2.60.0", place)
+
+    def apply(body: dict[str, Any]) -> dict[str, Any]:
+        cp.kubectl_run(
+            "apply",
+            "--server-side",
+            "--field-manager=alpaca-operator",
+            "--force-conflicts",
+            "-f",
+            "-",
+            input=json.dumps(body),
+        )
+        return json.loads(
+            cp.kubectl_run("get", "rayservice", "m", "-n", namespace, "-o", "json").stdout
+        )
+
+    def clusters() -> list[dict[str, Any]]:
+        return [
+            c
+            for c in _items(cp, namespace, "rayclusters")
+            if not c["metadata"].get("deletionTimestamp")
+        ]
+
+    def wait_for(check, what: str) -> Any:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if result := check():
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"timed out: {what}")
+
+    import kubernetes
+
+    from alpaca_operator.kube import Kube
+
+    kube = Kube(kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig)))
+    apply(render(1, 2))
+    first_cluster = wait_for(lambda: clusters(), "first RayCluster")[0]
+    first, first_uid = first_cluster["metadata"]["name"], first_cluster["metadata"]["uid"]
+
+    def named() -> bool:
+        status = json.loads(
+            cp.kubectl_run("get", "rayservice", "m", "-n", namespace, "-o", "json").stdout
+        ).get("status", {})
+        return any(
+            (status.get(k) or {}).get("rayClusterName")
+            for k in ("activeServiceStatus", "pendingServiceStatus")
+        )
+
+    wait_for(named, "the RayCluster's name in the RayService status")
+
+    wider = render(1, 5)
+    rs = apply(wider)
+    assert settle_cluster(kube, rs, wider) == RESCALED
+    live = clusters()
+    assert [c["metadata"]["name"] for c in live] == [first]
+    assert live[0]["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 5
+    assert settle_cluster(kube, rs, wider) is None  # settled: nothing more to do
+
+    bigger = render(2, 5)
+    rs = apply(bigger)
+    assert settle_cluster(kube, rs, bigger) == RECREATED
+    second = wait_for(
+        lambda: [c for c in clusters() if c["metadata"]["uid"] != first_uid],
+        "the recreated RayCluster",
+    )
+    assert len(clusters()) == 1, "never two clusters (and twice the GPUs) at once"
+    gpu = second[0]["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0][
+        "resources"
+    ]["limits"]["nvidia.com/gpu"]
+    assert gpu == "2"

@@ -61,6 +61,7 @@ class ModelChildren:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     cache: CacheState = field(default_factory=CacheState)
     rayservice: dict[str, Any] | None = None
+    cluster_action: str | None = None  # what settling the RayCluster did in this pass
 
 
 def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from alpaca_operator.kube import Kube
 from alpaca_operator.observe import model as observe
 from alpaca_operator.reconcile.apply import Applier, owner_reference
 from alpaca_operator.reconcile.cache import ensure_cache
+from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, rayservice
 
@@ -88,6 +89,7 @@ def _serving(
     desired["metadata"]["ownerReferences"] = owner
     live = ctx.kube.get("ray.io/v1", "RayService", desired["metadata"]["name"], ns)
     children.rayservice = ctx.applier.ensure(desired, live)
+    children.cluster_action = settle_cluster(ctx.kube, children.rayservice, desired)
     service = rayservice.endpoint_service(name, ns)
     service["metadata"]["ownerReferences"] = owner
     ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
@@ -153,6 +155,10 @@ def model_status(
         "ready": f"{ready_n}/{wanted}",
     }
     events: list[Event] = transition_events(previous, conditions)
+    if children.cluster_action == RECREATED:
+        events.append(Event("Normal", "RayClusterRecreated", "The pod templates changed (image, GPUs, CPU, memory or placement): the RayCluster is recreated from the new spec; serving pauses until it is up."))
+    elif children.cluster_action:
+        events.append(Event("Normal", "RayClusterRescaled", "Worker min/max replicas updated in place."))
     return Outcome(status=new_status, events=events)
 
 
