@@ -45,7 +45,11 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=args.namespace or None,
             standalone=args.standalone,
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(namespaces=args.namespace, resync_seconds=args.resync),
+            memo=kopf.Memo(
+                namespaces=args.namespace,
+                resync_seconds=args.resync,
+                metrics_port=args.metrics_port,
+            ),
         )
     )
     return 0
@@ -78,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds between periodic passes over every AlpacaModel (deadlines, nodes, CRDs)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="serve Prometheus metrics on this port (0: off)",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

@@ -20,6 +20,7 @@ from alpaca_operator.accept import Outcome
 from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
+from alpaca_operator.metrics import Metrics
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.finetune import FineTuneContext, run_finetune
 from alpaca_operator.reconcile.model import ModelContext, run_model
@@ -51,24 +52,51 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     applier, config = Applier(kube), OperatorConfig.from_env()
     memo.models = ModelContext(kube, applier, config, application_for)
     memo.finetunes = FineTuneContext(kube, applier, config)
+    memo.metrics = Metrics()
+    if memo.get("metrics_port"):
+        memo.metrics.serve(int(memo.metrics_port))
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _publish(kube: Kube, body: dict[str, Any], outcome: Outcome) -> None:
-    write_status(kube, body, outcome.status)
+def _publish(
+    memo: kopf.Memo, body: dict[str, Any], outcome: Outcome, now: datetime.datetime
+) -> None:
+    meta = body["metadata"]
+    write_status(memo.kube, body, outcome.status)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    metrics: Metrics = memo.metrics
+    before = (body.get("status") or {}).get("conditions") or []
+    metrics.record_stages(body["kind"], before, outcome.status.get("conditions") or [], now)
+    metrics.phases.set(body["kind"], meta["namespace"], meta["name"], outcome.status.get("phase"))
+
+
+def _run(memo: kopf.Memo, body: dict[str, Any], reconcile: Any, context: Any) -> None:
+    """One reconcile pass, timed and counted."""
+    metrics: Metrics = memo.metrics
+    kind, writes = body["kind"], memo.kube.writes
+    now = _now()
+    with metrics.duration.labels(kind).time():
+        try:
+            outcome = reconcile(context, body, now)
+            _publish(memo, body, outcome, now)
+        except Exception:
+            metrics.reconciles.labels(kind, "error").inc()
+            raise
+        finally:
+            metrics.writes.labels(kind).inc(memo.kube.writes - writes)
+    metrics.reconciles.labels(kind, "ok").inc()
 
 
 def _reconcile_model(memo: kopf.Memo, body: dict[str, Any]) -> None:
-    _publish(memo.kube, body, run_model(memo.models, body, _now()))
+    _run(memo, body, run_model, memo.models)
 
 
 def _reconcile_finetune(memo: kopf.Memo, body: dict[str, Any]) -> None:
-    _publish(memo.kube, body, run_finetune(memo.finetunes, body, _now()))
+    _run(memo, body, run_finetune, memo.finetunes)
 
 
 def _wake(memo: kopf.Memo, kind: str, namespace: str, name: str) -> None:
@@ -181,8 +209,11 @@ def finetune_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.delete(*MODEL, optional=True)
 @kopf.on.delete(*FINETUNE, optional=True)
-def deleted(name: str, namespace: str, logger: kopf.Logger, **_: Any) -> None:
+def deleted(
+    body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
     """Log a deletion. optional=True: no finalizer; children go by owner references."""
+    memo.metrics.phases.set(body["kind"], namespace, name, None)
     logger.info(
         "deleted %s/%s; children are garbage-collected by owner references", namespace, name
     )

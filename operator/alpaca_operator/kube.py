@@ -131,7 +131,12 @@ class Kube:
         )
 
     def json_patch(
-        self, api_version: str, kind: str, name: str, namespace: str | None, ops: list[dict[str, Any]]
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        ops: list[dict[str, Any]],
     ) -> dict[str, Any]:
         """An RFC 6902 patch, for the few fields of another controller's object we adjust
         (list elements that server-side apply would replace whole)."""

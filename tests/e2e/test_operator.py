@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
+from alpaca_operator.localdev.controlplane import free_port
+
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "e2e"  # the operator under test watches e2e-* only
+METRICS_PORT = free_port()
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +37,16 @@ def operator(control_plane, tmp_path_factory) -> Iterator[subprocess.Popen[bytes
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "alpaca_operator.cli", "run", "--standalone", "-n", "e2e-*"],
+            [
+                sys.executable,
+                "-m",
+                "alpaca_operator.cli",
+                "run",
+                "--standalone",
+                "-n",
+                "e2e-*",
+                f"--metrics-port={METRICS_PORT}",
+            ],
             env=control_plane.env(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -172,3 +184,39 @@ def test_operator_ignores_other_namespaces(control_plane, operator):
         assert "status" not in _get(cp, "default", "am", "smollm2")
     finally:
         cp.kubectl_run("delete", "-n", "default", "am", "smollm2")
+
+
+def test_metrics_endpoint(control_plane, operator, namespace):
+    """After reconciles, the operator's Prometheus endpoint counts them, per kind and phase."""
+    import urllib.request
+
+    control_plane.kubectl_run(
+        "apply", "-n", namespace, "-f", str(REPO / "examples" / "alpaca-local.yaml")
+    )
+    _wait(
+        lambda: (
+            (_get(control_plane, namespace, "am", "smollm2") or {}).get("status", {}).get("phase")
+        ),
+        what="status",
+    )
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    counter = 'alpaca_reconcile_total{kind="AlpacaModel",result="ok"}'
+
+    def scraped() -> str | None:
+        text = scrape()
+        return text if counter in text else None
+
+    text = _wait(scraped, what="reconcile counter")
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('alpaca_reconcile_total{kind="AlpacaModel",result="ok"}')
+    )
+    assert count >= 1
+    assert 'alpaca_reconcile_duration_seconds_bucket{kind="AlpacaModel"' in text
+    assert 'alpaca_objects{kind="AlpacaModel",phase=' in text
+    assert 'alpaca_api_writes_total{kind="AlpacaModel"}' in text

@@ -156,9 +156,17 @@ def model_status(
     }
     events: list[Event] = transition_events(previous, conditions)
     if children.cluster_action == RECREATED:
-        events.append(Event("Normal", "RayClusterRecreated", "The pod templates changed (image, GPUs, CPU, memory or placement): the RayCluster is recreated from the new spec; serving pauses until it is up."))
+        events.append(
+            Event(
+                "Normal",
+                "RayClusterRecreated",
+                "The pod templates changed (image, GPUs, CPU, memory or placement): the RayCluster is recreated from the new spec; serving pauses until it is up.",
+            )
+        )
     elif children.cluster_action:
-        events.append(Event("Normal", "RayClusterRescaled", "Worker min/max replicas updated in place."))
+        events.append(
+            Event("Normal", "RayClusterRescaled", "Worker min/max replicas updated in place.")
+        )
     return Outcome(status=new_status, events=events)
 
 
