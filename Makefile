@@ -26,8 +26,8 @@ venv: $(VENV)/.installed ## create .venv with the operator and the dev tools
 k8s-bins: ## kube-apiserver, etcd, kubectl (+ controller-manager, scheduler): KUBEBUILDER_ASSETS, cache, or a Go build
 	@scripts/k8s-bins.sh controller-manager scheduler
 
-crds: venv ## regenerate crds/ from the API models
-	$(VENV)/bin/alpaca-operator crds --out crds
+crds: venv ## regenerate crds/, the chart's crds/ and ClusterRole from the API models and RBAC rules
+	$(VENV)/bin/alpaca-operator crds --out crds --out charts/alpaca-operator/crds --chart charts/alpaca-operator
 
 lint: venv ## ruff, formatting, import layers
 	$(VENV)/bin/ruff check $(SRC)

@@ -3,10 +3,12 @@
 # on the Go module proxy and cached by version outside the repo:
 #   scripts/thirdparty.sh crds      -> prints a folder with the KubeRay and Karpenter CRDs
 #   scripts/thirdparty.sh kuberay   -> prints the path of a kuberay-operator binary built from source
+#   scripts/thirdparty.sh helm      -> prints the path of a helm binary built from its module
 set -euo pipefail
 
 KUBERAY_VERSION="${KUBERAY_VERSION:-1.5.0}"
 KARPENTER_VERSION="${KARPENTER_VERSION:-1.15.0}"
+HELM_VERSION="${HELM_VERSION:-4.3.1}"
 CACHE_ROOT="${ALPACA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/alpaca-operator}"
 export GOFLAGS="-mod=mod" GOTOOLCHAIN=local
 
@@ -58,8 +60,19 @@ kuberay() {
   echo "$out"
 }
 
+helm() {
+  local dir="$CACHE_ROOT/bin/helm-$HELM_VERSION"
+  if [ ! -x "$dir/helm" ]; then
+    echo "thirdparty: building helm v$HELM_VERSION (a minute or two, once)" >&2
+    mkdir -p "$dir"
+    GOBIN="$dir" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v${HELM_VERSION%%.*}/cmd/helm@v$HELM_VERSION"
+  fi
+  echo "$dir/helm"
+}
+
 case "${1:-}" in
   crds) crds ;;
   kuberay) kuberay ;;
-  *) echo "usage: $0 crds|kuberay" >&2; exit 2 ;;
+  helm) helm ;;
+  *) echo "usage: $0 crds|kuberay|helm" >&2; exit 2 ;;
 esac

@@ -11,10 +11,15 @@ from pathlib import Path
 import yaml
 
 from alpaca_operator.api.crd import KINDS, crd
+from alpaca_operator.rbac import clusterrole_template
 
 
 def _crds(args: argparse.Namespace) -> int:
     docs = [(k, crd(k)) for k in KINDS]
+    if args.chart is not None:
+        role = args.chart / "templates" / "clusterrole.yaml"
+        role.write_text(clusterrole_template())
+        print(role)
     if args.out is None:
         yaml.safe_dump_all([d for _, d in docs], sys.stdout, sort_keys=False, width=100)
         return 0
@@ -94,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="print the CRDs, or write them into folders")
     crds.add_argument("--out", type=Path, action="append", help="folder to write into (repeatable)")
+    crds.add_argument(
+        "--chart", type=Path, help="also write the chart's ClusterRole from the RBAC rules"
+    )
     crds.set_defaults(func=_crds)
     return top
 

@@ -87,3 +87,16 @@ def test_names_columns_and_subresources():
     for spec in (model, finetune):
         assert spec["versions"][0]["subresources"] == {"status": {}}
         assert spec["scope"] == "Namespaced"
+
+
+def test_chart_crds_and_clusterrole_are_generated():
+    from alpaca_operator.rbac import clusterrole_template
+
+    chart = REPO / "charts" / "alpaca-operator"
+    assert (chart / "templates" / "clusterrole.yaml").read_text() == clusterrole_template(), (
+        "run `make crds`"
+    )
+    for kind in KINDS:
+        assert (chart / "crds" / f"{kind.name}.yaml").read_text() == (
+            REPO / "crds" / f"{kind.name}.yaml"
+        ).read_text()
