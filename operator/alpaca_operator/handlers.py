@@ -123,6 +123,38 @@ def _in_scope(memo: kopf.Memo, namespace: str) -> bool:
     return not patterns or any(fnmatch.fnmatch(namespace, p) for p in patterns)
 
 
+def _outranked(memo: kopf.Memo, now: datetime.datetime) -> bool:
+    """With peering: whether a live replica of higher priority exists. kopf pauses this
+    replica's handlers then; the resync loop pauses too."""
+    if not memo.get("peering"):
+        return False
+    peering = memo.kube.get("kopf.dev/v1", "ClusterKopfPeering", memo.peering)
+    for peer in ((peering or {}).get("status") or {}).values():
+        if not isinstance(peer, dict) or int(peer.get("priority", 0)) <= int(memo.priority):
+            continue
+        seen = datetime.datetime.fromisoformat(str(peer.get("lastseen", "1970-01-01T00:00:00")))
+        seen = seen if seen.tzinfo else seen.replace(tzinfo=datetime.UTC)
+        if (now - seen).total_seconds() < float(peer.get("lifetime", 60)):
+            return True
+    return False
+
+
+async def _resync_kind(memo: kopf.Memo, kind: str, reconcile: Any) -> None:
+    log = logging.getLogger(__name__)
+    try:
+        bodies = await asyncio.to_thread(memo.kube.list, API_VERSION, kind)
+    except Exception:  # the apiserver may be briefly away; try again next round
+        log.exception("resync: listing %s failed", kind)
+        return
+    for body in bodies:
+        meta = body["metadata"]
+        if _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
+            try:
+                await asyncio.to_thread(reconcile, memo, body)
+            except Exception:
+                log.exception("resync of %s %s/%s failed", kind, meta["namespace"], meta["name"])
+
+
 async def _resync(memo: kopf.Memo) -> None:
     """Every model and fine-tune once a minute: stage deadlines, nodes, CRDs installed later.
 
@@ -131,20 +163,10 @@ async def _resync(memo: kopf.Memo) -> None:
     """
     while True:
         await asyncio.sleep(memo.get("resync_seconds", RESYNC_SECONDS))
-        try:
-            models = await asyncio.to_thread(memo.kube.list, API_VERSION, model.KIND)
-        except Exception:  # the apiserver may be briefly away; try again next round
-            logging.getLogger(__name__).exception("resync: listing AlpacaModels failed")
+        if await asyncio.to_thread(_outranked, memo, _now()):
             continue
-        for body in models:
-            meta = body["metadata"]
-            if _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
-                try:
-                    await asyncio.to_thread(_reconcile_model, memo, body)
-                except Exception:
-                    logging.getLogger(__name__).exception(
-                        "resync of %s/%s failed", meta["namespace"], meta["name"]
-                    )
+        await _resync_kind(memo, model.KIND, _reconcile_model)
+        await _resync_kind(memo, finetune.KIND, _reconcile_finetune)
 
 
 @kopf.on.startup()

@@ -56,6 +56,7 @@ KINDS = {
             "customresourcedefinitions",
             namespaced=False,
         ),
+        Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False),
     )
 }
 

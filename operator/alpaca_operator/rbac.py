@@ -57,6 +57,17 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
+PEERING_RULES: list[dict[str, Any]] = [
+    # Several replicas: kopf peering (keep-alives in a ClusterKopfPeering; the object comes
+    # with the chart when replicaCount > 1, its CRD with our CRDs).
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+]
+
+
 def clusterrole_template() -> str:
     """The chart's ClusterRole template: Helm names and labels around the generated rules."""
     import yaml
@@ -70,5 +81,9 @@ def clusterrole_template() -> str:
         '  name: {{ include "alpaca-operator.fullname" . }}\n'
         "  labels:\n"
         '    {{- include "alpaca-operator.labels" . | nindent 4 }}\n'
-        "rules:\n" + rules
+        "rules:\n"
+        + rules
+        + "{{- if gt (int .Values.replicaCount) 1 }}\n"
+        + yaml.safe_dump(PEERING_RULES, sort_keys=False, width=100)
+        + "{{- end }}\n"
     )

@@ -105,6 +105,41 @@ def test_chart_lints_and_renders_least_privilege():
     )  # typos fail: additionalProperties false
 
 
+def test_chart_with_several_replicas_uses_peering():
+    helm = _helm()
+    out = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "-n", NS, "--set", "replicaCount=2"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    assert ("ClusterKopfPeering", RELEASE) in docs
+    args = docs[("Deployment", RELEASE)]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--peering={RELEASE}" in args and "--standalone" not in args
+    rules = docs[("ClusterRole", RELEASE)]["rules"]
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in rules
+    refused = subprocess.run(
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "watchNamespaces={a}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "cluster-wide kopf peering" in refused.stderr
+
+
 def test_chart_files_are_generated():
     assert (CHART / "templates" / "clusterrole.yaml").read_text() == clusterrole_template()
     for crd in (REPO / "crds").glob("*.yaml"):

@@ -187,3 +187,49 @@ def crd(kind: Kind) -> dict[str, Any]:
 def all_crds() -> list[dict[str, Any]]:
     """Every CRD this operator owns."""
     return [crd(k) for k in KINDS]
+
+
+def kopf_peering_crd() -> dict[str, Any]:
+    """kopf's ClusterKopfPeering (kopf.dev/v1): where operator replicas find each other, so
+    that only the one with the highest priority works. Installed with our CRDs."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
+        "spec": {
+            "group": "kopf.dev",
+            "scope": "Cluster",
+            "names": {
+                "kind": "ClusterKopfPeering",
+                "plural": "clusterkopfpeerings",
+                "singular": "clusterkopfpeering",
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "Operator replicas' keep-alives and priorities (kopf peering).",
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "description": "One entry per live operator replica.",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def all_documents() -> list[tuple[str, dict[str, Any]]]:
+    """(file stem, CRD) for everything `alpaca-operator crds` writes."""
+    return [(k.name, crd(k)) for k in KINDS] + [
+        ("clusterkopfpeerings.kopf.dev", kopf_peering_crd())
+    ]
