@@ -41,7 +41,8 @@ test: venv k8s-bins lint ## everything: unit, real apiserver, operator e2e (what
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp
 
 demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it
-	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . $(if $(DEMO_ONCE),--once)
+	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \
+		--thirdparty-crds "$$(scripts/thirdparty.sh crds | tail -n 1)" $(if $(DEMO_ONCE),--once)
 
 clean: ## remove the venv and build leftovers (the binary cache outside the repo stays)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -44,7 +44,7 @@ def _start_operator(cp: ControlPlane, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def run(bin_dir: Path, repo: Path, once: bool) -> int:
+def run(bin_dir: Path, repo: Path, once: bool, thirdparty_crds: Path | None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="alpaca-demo-"))
     cp = ControlPlane(bin_dir=bin_dir, workdir=workdir)
     operator: subprocess.Popen[bytes] | None = None
@@ -56,6 +56,10 @@ def run(bin_dir: Path, repo: Path, once: bool) -> int:
         _say("installing the CRDs")
         print(cp.kubectl_run("apply", "--server-side", "-f", str(repo / "crds")).stdout, end="")
         cp.wait_established("alpacamodels.alpaca.dev", "alpacafinetunes.alpaca.dev")
+        if thirdparty_crds is not None:
+            _say("installing the KubeRay and Karpenter CRDs")
+            cp.kubectl_run("apply", "--server-side", "-f", str(thirdparty_crds), timeout=120)
+            cp.wait_established("rayservices.ray.io", "nodepools.karpenter.sh")
         _say(f"starting the operator (log: {workdir / 'operator.log'})")
         operator = _start_operator(cp, workdir / "operator.log")
         for example in EXAMPLES:
@@ -99,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         "--repo", type=Path, default=Path.cwd(), help="the alpaca-operator checkout"
     )
     parser.add_argument("--once", action="store_true", help="exit after printing the result")
+    parser.add_argument(
+        "--thirdparty-crds", type=Path, help="folder with the KubeRay and Karpenter CRDs"
+    )
     args = parser.parse_args(argv)
     if not args.once:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    return run(args.bin_dir, args.repo, args.once)
+    return run(args.bin_dir, args.repo, args.once, args.thirdparty_crds)
 
 
 if __name__ == "__main__":
