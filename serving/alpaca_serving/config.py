@@ -1,0 +1,77 @@
+"""The one typed configuration of an Alpaca serving application.
+
+The operator renders it into a KubeRay serveConfigV2 entry (`serve_config.application_entry`);
+`app.build_app` turns it into a Ray Serve LLM application; the local command reads it from a
+file or flags. Nothing here imports Ray or vLLM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Adapter(BaseModel):
+    """A LoRA adapter served beside the base model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="Adapter name; clients ask for `<model>:<name>` (Ray Serve LLM's naming)."
+    )
+    path: str = Field(description="Local folder with adapter_config.json and the adapter weights.")
+
+
+class Autoscaling(BaseModel):
+    """Ray Serve autoscaling of the model's replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0: scale to zero).")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
+    target_ongoing_requests: int = Field(
+        default=16, ge=1, description="Requests in flight per replica to aim for."
+    )
+    downscale_delay_s: float = Field(
+        default=600.0, ge=0, description="Wait before removing a replica."
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0, description="Wait before adding a replica.")
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None, ge=0, description="Wait before removing the last replica."
+    )
+
+
+class ServingConfig(BaseModel):
+    """Everything the Alpaca serving application needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(description="Local folder with the model in Hugging Face format.")
+    served_model_name: str = Field(description="The model name in the OpenAI API.")
+    prompt_template: Literal["alpaca", "none"] | str = Field(
+        default="alpaca",
+        description="alpaca: Stanford Alpaca's templates; none: the model's own chat template; "
+        "anything else: a Jinja chat template.",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments."
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Replica autoscaling."
+    )
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters.")
+    max_adapters_per_replica: int = Field(
+        default=16, ge=1, description="LoRA adapters one replica holds at once."
+    )
+    accelerator: Literal["gpu", "cpu"] = Field(default="gpu", description="Where the engine runs.")
+    gpus_per_replica: int = Field(
+        default=1, ge=0, description="GPUs one replica uses (tensor parallel)."
+    )
+    cpus_per_replica: float = Field(
+        default=2.0, gt=0, description="CPUs one replica's bundle reserves (cpu accelerator)."
+    )
+    work_dir: str = Field(
+        default="/tmp/alpaca-serving",
+        description="Writable folder for the prepared tokenizer and adapter links.",
+    )

@@ -1,0 +1,117 @@
+"""Real Ray Serve LLM + vLLM (CPU build) serving a tiny random Llama: one application for the
+whole module, stopped in teardown with everything it left in /dev/shm and /tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .tiny_llama import build_tiny_llama
+
+ENGINE = {
+    "dtype": "bfloat16",
+    "max_model_len": 512,
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 256 * 2**20,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/serving/" in str(item.fspath):
+            item.add_marker(pytest.mark.serving)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(("psm_", "sem.mp-"))}
+
+
+@dataclass
+class Served:
+    base_url: str
+    model: str
+    model_path: Path
+    metrics_url: str
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama: Path) -> Iterator[Served]:
+    """The Alpaca app on Ray Serve, answering on a free loopback port."""
+    shm_before = _shm()
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ.update(
+        TMPDIR=tmp, VLLM_CACHE_ROOT=f"{tmp}/vllm", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor"
+    )
+    import ray
+    from ray import serve
+
+    from alpaca_serving.app import build_app
+
+    metrics_port, port = _free_port(), _free_port()
+    ray.init(
+        num_cpus=8,
+        _temp_dir=f"{tmp}/r",
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        log_to_driver=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = {
+            "model_path": str(tiny_llama),
+            "served_model_name": "tiny",
+            "accelerator": "cpu",
+            "work_dir": f"{tmp}/work",
+            "engine_kwargs": ENGINE,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        }
+        serve.run(build_app(config), blocking=False, name="alpaca", route_prefix="/")
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        yield Served(
+            f"http://127.0.0.1:{port}/v1",
+            "tiny",
+            tiny_llama,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name in _shm() - shm_before:  # shared memory of the engine processes
+            Path("/dev/shm", name).unlink(missing_ok=True)
