@@ -40,6 +40,14 @@ class Autoscaling(BaseModel):
     downscale_to_zero_delay_s: float | None = Field(
         default=None, ge=0, description="Wait before removing the last replica."
     )
+    metrics_interval_s: float | None = Field(
+        default=None, gt=0, description="How often replicas report load; Ray's default when unset."
+    )
+    look_back_period_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Window the load is averaged over; Ray's default when unset.",
+    )
 
 
 class ServingConfig(BaseModel):

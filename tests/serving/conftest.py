@@ -3,6 +3,7 @@ whole module, stopped in teardown with everything it left in /dev/shm and /tmp."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -53,9 +54,10 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture(scope="module")
-def served(tiny_llama: Path) -> Iterator[Served]:
-    """The Alpaca app on Ray Serve, answering on a free loopback port."""
+@contextlib.contextmanager
+def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Served]:
+    """The Alpaca app on a fresh Ray + Serve, answering on a free loopback port; everything
+    it started and left (Ray's folder, the engines' /dev/shm files) is gone afterwards."""
     shm_before = _shm()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}
@@ -78,13 +80,13 @@ def served(tiny_llama: Path) -> Iterator[Served]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = {
-            "model_path": str(tiny_llama),
-            "served_model_name": "tiny",
+            "model_path": str(model_path),
+            "served_model_name": name,
             "accelerator": "cpu",
             "work_dir": f"{tmp}/work",
             "engine_kwargs": ENGINE,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-        }
+        } | overrides
         serve.run(build_app(config), blocking=False, name="alpaca", route_prefix="/")
         import openai
 
@@ -100,8 +102,8 @@ def served(tiny_llama: Path) -> Iterator[Served]:
                 time.sleep(2)
         yield Served(
             f"http://127.0.0.1:{port}/v1",
-            "tiny",
-            tiny_llama,
+            name,
+            model_path,
             f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
@@ -113,5 +115,12 @@ def served(tiny_llama: Path) -> Iterator[Served]:
             else:
                 os.environ[key] = value
         shutil.rmtree(tmp, ignore_errors=True)
-        for name in _shm() - shm_before:  # shared memory of the engine processes
-            Path("/dev/shm", name).unlink(missing_ok=True)
+        for leftover in _shm() - shm_before:
+            Path("/dev/shm", leftover).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama: Path) -> Iterator[Served]:
+    """The Alpaca app serving the tiny Llama."""
+    with serve_app(tiny_llama, "tiny") as app:
+        yield app

@@ -64,7 +64,7 @@ def build_tiny_adapter(base: Path, folder: Path, r: int = 4) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
     peft_model = get_peft_model(
         model,
         LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
