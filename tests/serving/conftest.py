@@ -119,8 +119,20 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
             Path("/dev/shm", leftover).unlink(missing_ok=True)
 
 
+# Up to two replicas, quick to react: a lone client never scales it, a crowd does.
+SCALABLE = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 5,
+    "metrics_interval_s": 1,
+    "look_back_period_s": 2,
+}
+
+
 @pytest.fixture(scope="module")
 def served(tiny_llama: Path) -> Iterator[Served]:
-    """The Alpaca app serving the tiny Llama."""
-    with serve_app(tiny_llama, "tiny") as app:
+    """The Alpaca app serving the tiny Llama, one replica until loaded."""
+    with serve_app(tiny_llama, "tiny", autoscaling=SCALABLE) as app:
         yield app

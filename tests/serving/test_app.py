@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -120,3 +122,48 @@ def test_request_counter_moves(client, served):
         time.sleep(2)
     assert "vllm" in scrape().lower()  # engine metrics are exported too
     json.dumps(before)
+
+
+def _replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications["alpaca"]
+    return sum(
+        d.replica_states.get("RUNNING", 0)
+        for name, d in app.deployments.items()
+        if "LLMServer" in name or "LLM" in name
+    )
+
+
+def _wait(check, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def test_scales_up_under_load_and_back_down(served):
+    """Last in the module: under concurrent load Serve adds a replica, and removes it after."""
+    client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=120)
+    assert _replicas() == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                client.completions.create(
+                    model="tiny", prompt="Tell me a long story", max_tokens=200, temperature=1.0
+                )
+            except openai.APIError:
+                time.sleep(0.2)
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(12)]
+    for w in workers:
+        w.start()
+    try:
+        _wait(lambda: _replicas() >= 2, "a second replica under load", timeout=240)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=120)
+    _wait(lambda: _replicas() == 1, "scaling back to one replica", timeout=180)
