@@ -1,0 +1,149 @@
+"""What our Ray Serve app adds on top of the raw vLLM engine, measured side by side in one run.
+
+Same model (a tiny random Llama, or --model DIR), same prompts, same concurrency, same
+engine settings; first vLLM's own AsyncLLM engine driven directly, then the same engine
+behind the Alpaca app on Ray Serve through its OpenAI HTTP API. Prints throughput (completion
+tokens/s), the ratio, and p50 latency of each and the difference.
+
+    .venv/bin/python benchmarks/serving_overhead.py [--model DIR] [--requests 64] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "Give three tips for staying healthy."
+MAX_TOKENS = 32
+ENGINE = {
+    "dtype": "bfloat16",
+    "max_model_len": 512,
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 256 * 2**20,
+}
+
+
+def summary(latencies: list[float], tokens: int, wall: float) -> tuple[float, float]:
+    return tokens / wall, statistics.median(latencies)
+
+
+async def _drive(call, requests: int, concurrency: int) -> tuple[float, float]:
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one() -> None:
+        nonlocal tokens
+        async with sem:
+            t0 = time.perf_counter()
+            tokens += await call()
+            latencies.append(time.perf_counter() - t0)
+
+    await call()  # warm-up
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    return summary(latencies, tokens, time.perf_counter() - start)
+
+
+def raw_engine(model: str, prompt: str, requests: int, concurrency: int) -> tuple[float, float]:
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **ENGINE))
+    params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, temperature=0)
+    counter = iter(range(10**9))
+
+    async def call() -> int:
+        final = None
+        async for out in engine.generate(prompt, params, request_id=str(next(counter))):
+            final = out
+        return len(final.outputs[0].token_ids) if final else 0
+
+    try:
+        return asyncio.run(_drive(call, requests, concurrency))
+    finally:
+        engine.shutdown()
+
+
+def ray_app(
+    model: str, prompt: str, requests: int, concurrency: int, work: str
+) -> tuple[float, float]:
+    import openai
+    import ray
+    from ray import serve
+
+    from alpaca_serving.app import build_app
+
+    ray.init(num_cpus=8, _temp_dir=f"{work}/r", include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 18123})
+        config = {
+            "model_path": model,
+            "served_model_name": "m",
+            "accelerator": "cpu",
+            "work_dir": f"{work}/w",
+            "engine_kwargs": ENGINE,
+        }
+        serve.run(build_app(config), name="alpaca", route_prefix="/")
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:18123/v1", api_key="unused")
+
+        async def call() -> int:
+            reply = await client.completions.create(
+                model="m",
+                prompt=prompt,
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
+            return reply.usage.completion_tokens
+
+        return asyncio.run(_drive(call, requests, concurrency))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="model folder (default: a tiny random Llama built now)")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    shm_before = set(os.listdir("/dev/shm"))
+    work = tempfile.mkdtemp(prefix="bench", dir="/tmp")
+    os.environ.update(TMPDIR=work, VLLM_CACHE_ROOT=f"{work}/vllm")
+    try:
+        model = args.model
+        if model is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.serving.tiny_llama import build_tiny_llama
+
+            model = str(build_tiny_llama(Path(work) / "tiny"))
+        raw_tps, raw_p50 = raw_engine(model, PROMPT, args.requests, args.concurrency)
+        app_tps, app_p50 = ray_app(model, PROMPT, args.requests, args.concurrency, work)
+        print(f"requests={args.requests} concurrency={args.concurrency} max_tokens={MAX_TOKENS}")
+        print(f"raw vLLM engine : {raw_tps:8.1f} tokens/s   p50 {raw_p50 * 1000:7.1f} ms")
+        print(f"Alpaca Ray app  : {app_tps:8.1f} tokens/s   p50 {app_p50 * 1000:7.1f} ms")
+        print(
+            f"throughput ratio (app/raw): {app_tps / raw_tps:.3f}   added p50: {(app_p50 - raw_p50) * 1000:.1f} ms"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for name in set(os.listdir("/dev/shm")) - shm_before:  # left by the engine processes
+            if name.startswith(("psm_", "sem.mp-")):
+                Path("/dev/shm", name).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
