@@ -20,5 +20,5 @@ def application_entry(config: ServingConfig, route_prefix: str = "/") -> dict[st
         "name": APP_NAME,
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
-        "args": config.model_dump(mode="json", exclude_defaults=False),
+        "args": config.model_dump(mode="json", exclude_none=True),
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from alpaca_operator.localdev.controlplane import free_port
+from alpaca_operator.localdev.controlplane import free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "e2e"  # the operator under test watches e2e-* only
@@ -22,14 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return wait_for(check, what, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +45,16 @@ def operator(control_plane, tmp_path_factory) -> Iterator[subprocess.Popen[bytes
             stderr=subprocess.STDOUT,
         )
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     print(log.read_text()[-4000:])
 
 
 def _get(cp, ns: str, resource: str, name: str) -> dict[str, Any] | None:
-    result = cp.kubectl_run("get", "-n", ns, resource, name, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
+    return cp.get_json(resource, name, ns)
 
 
 def _items(cp, ns: str, resource: str) -> list[dict[str, Any]]:
-    return json.loads(cp.kubectl_run("get", resource, "-n", ns, "-o", "json").stdout)["items"]
+    return cp.items(resource, ns)
 
 
 def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.controlplane import ControlPlane, free_port
+from alpaca_operator.localdev.controlplane import ControlPlane, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -60,21 +60,11 @@ def _start(cp: ControlPlane, priority: int, log: Path) -> subprocess.Popen[bytes
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 def _wait(check, what: str, timeout: float = 45):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(check, what, timeout)
 
 
 def _observed(cp: ControlPlane, name: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alpaca_operator.localdev.controlplane import ControlPlane, free_port
+from alpaca_operator.localdev.controlplane import ControlPlane, free_port, stop_process, wait_for
 from alpaca_operator.rbac import RULES, clusterrole_template
 
 pytestmark = pytest.mark.cluster
@@ -172,39 +172,15 @@ def _token_kubeconfig(cp: ControlPlane, path: Path) -> Path:
 
 
 def _get(cp, ns: str, kind: str, name: str) -> dict[str, Any] | None:
-    r = cp.kubectl_run("get", "-n", ns, kind, name, "-o", "json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else None
+    return cp.get_json(kind, name, ns)
 
 
 def _wait(check, what: str, timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(check, what, timeout, interval=0.5)
 
 
 def _complete_job(cp, ns: str, job: str, **extra: Any) -> None:
-    ts = "2026-11-24T12:00:00Z"
-    done = {"type": "Complete", "status": "True", "lastTransitionTime": ts, "lastProbeTime": ts}
-    status = {
-        "startTime": ts,
-        "completionTime": ts,
-        "succeeded": 1,
-        "conditions": [{**done, "type": "SuccessCriteriaMet"}, done],
-    } | extra
-    cp.kubectl_run(
-        "patch",
-        "-n",
-        ns,
-        "job",
-        job,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+    cp.complete_job(ns, job, **extra)
 
 
 def _used(audit_log: Path) -> set[tuple[str, str, str]]:
@@ -296,11 +272,11 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
         )
         time.sleep(2)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_process(proc)
         print(log.read_text()[-6000:])
     text = log.read_text()
-    assert "403" not in text and "Forbidden" not in text, text[-3000:]
+    refusals = [line for line in text.splitlines() if "Forbidden" in line or "status=403" in line]
+    assert not refusals, "\n".join(refusals[:5])
 
     granted = {
         (g, r, v)
@@ -317,3 +293,35 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
     )
     unused = granted - used - set(NOT_EXERCISED)
     assert not unused, f"granted, never used, and no reason on record: {sorted(unused)}"
+
+
+def test_grafana_dashboard_ships_and_names_real_metrics():
+    """Every metric the dashboard queries exists: the operator's in its registry, vLLM's in the
+    installed vLLM's metric definitions."""
+    import re
+
+    from alpaca_operator.metrics import Metrics
+
+    dashboard = json.loads((CHART / "dashboards" / "alpaca-operator.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    families = {m.name for m in Metrics().registry.collect()}
+    for name in {n for e in exprs for n in re.findall(r"\b(alpaca_[a-z_]+)", e)}:
+        assert re.sub(r"_(total|bucket|sum|count)$", "", name) in families, (
+            f"{name} is not an operator metric"
+        )
+    vllm_source = "".join(
+        p.read_text()
+        for p in Path(__import__("vllm").__file__).parent.joinpath("v1", "metrics").glob("*.py")
+    )
+    for name in {n for e in exprs for n in re.findall(r"vllm\[:_\]([a-z0-9_]+)", e)}:
+        base = re.sub(r"_(bucket|total)$", "", name)
+        assert f'"vllm:{base}"' in vllm_source, f"vllm:{base} is not a vLLM metric"
+    out = subprocess.run(
+        [_helm(), "template", RELEASE, str(CHART), "--set", "grafanaDashboard.enabled=true"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    config_map = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["alpaca-operator.json"]) == dashboard

@@ -15,7 +15,7 @@ import yaml
 from alpaca_operator.api import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
-from alpaca_operator.localdev.controlplane import ControlPlane
+from alpaca_operator.localdev.controlplane import ControlPlane, wait_for
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.model import ModelContext, run_model
 from alpaca_operator.reconcile.serving import application_for
@@ -44,15 +44,16 @@ def gc_plane(control_plane, thirdparty_crds, tmp_path_factory):
 
 
 def _get(cp, kind: str, name: str):
-    r = cp.kubectl_run("get", "-n", "default", kind, name, "-o", "json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else None
+    return cp.get_json(kind, name, "default")
 
 
 def _wait_gone(cp, kind: str, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _get(cp, kind, name) is not None:
-        assert time.monotonic() < deadline, f"{kind}/{name} was not garbage-collected"
-        time.sleep(0.5)
+    wait_for(
+        lambda: _get(cp, kind, name) is None,
+        f"{kind}/{name} to be garbage-collected",
+        timeout,
+        interval=0.5,
+    )
 
 
 def _reconcile(ctx, cp, name: str) -> None:
@@ -71,25 +72,7 @@ def test_shared_cache_outlives_one_user_and_goes_with_the_last(gc_plane):
         cp.kubectl_run("apply", "-n", "default", "-f", "-", input=json.dumps(doc))
         _reconcile(ctx, cp, name)
     # The fill Job is done (as the Job controller would say): both models get a RayService.
-    now = "2026-11-24T12:00:00Z"
-    done = {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now}
-    status = {
-        "startTime": now,
-        "completionTime": now,
-        "succeeded": 1,
-        "conditions": [{**done, "type": "SuccessCriteriaMet"}, done],
-    }
-    cp.kubectl_run(
-        "patch",
-        "-n",
-        "default",
-        "job",
-        f"{cache}-fill",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+    cp.complete_job("default", f"{cache}-fill")
     for name in ("first", "second"):
         _reconcile(ctx, cp, name)
         assert _get(cp, "rayservice", name) is not None

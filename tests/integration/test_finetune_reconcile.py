@@ -32,8 +32,7 @@ def ctx(kube) -> FineTuneContext:
 
 
 def _get(cp, ns: str, kind: str, name: str) -> dict[str, Any] | None:
-    r = cp.kubectl_run("get", "-n", ns, kind, name, "-o", "json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else None
+    return cp.get_json(kind, name, ns)
 
 
 def _pass(ctx, cp, ns: str, name: str) -> dict[str, Any]:
@@ -47,28 +46,11 @@ def _cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def _status(cp, ns: str, kind: str, name: str, status: dict[str, Any]) -> None:
-    cp.kubectl_run(
-        "patch",
-        "-n",
-        ns,
-        kind,
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+    cp.patch_status(kind, name, status, ns)
 
 
 def _complete(cp, ns: str, job: str, **extra: Any) -> None:
-    done = {"type": "Complete", "status": "True", "lastTransitionTime": TS, "lastProbeTime": TS}
-    status = {
-        "startTime": TS,
-        "completionTime": TS,
-        "succeeded": 1,
-        "conditions": [{**done, "type": "SuccessCriteriaMet"}, done],
-    }
-    _status(cp, ns, "job", job, status | extra)
+    cp.complete_job(ns, job, **extra)
 
 
 def _apply_example(cp, ns: str, example: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from alpaca_operator.api import AlpacaModelSpec
-from alpaca_operator.localdev.controlplane import free_port
+from alpaca_operator.localdev.controlplane import free_port, stop_process
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.render import capacity, names, rayservice
 
@@ -41,12 +41,7 @@ def _start_kuberay(cp, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, timeout=15)
     print(log.read_text()[-3000:])
 
 
@@ -76,7 +71,7 @@ def gc_kuberay_plane(control_plane, thirdparty_crds, tmp_path_factory):
 
 
 def _items(cp, ns: str, resource: str) -> list[dict[str, Any]]:
-    return json.loads(cp.kubectl_run("get", resource, "-n", ns, "-o", "json").stdout)["items"]
+    return cp.items(resource, ns)
 
 
 def test_kuberay_accepts_our_rayservice(control_plane, kuberay, namespace):

@@ -45,8 +45,7 @@ def _create(cp, ns: str, doc: dict[str, Any], name: str | None = None) -> dict[s
 
 
 def _get(cp, ns: str, kind: str, name: str) -> dict[str, Any] | None:
-    result = cp.kubectl_run("get", "-n", ns, kind, name, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
+    return cp.get_json(kind, name, ns)
 
 
 def _pass(
@@ -64,17 +63,7 @@ def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _patch_status(cp, ns: str, kind: str, name: str, status: dict[str, Any]) -> None:
-    cp.kubectl_run(
-        "patch",
-        "-n",
-        ns,
-        kind,
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+    cp.patch_status(kind, name, status, ns or None)
 
 
 def _gpu_node(cp, name: str, gpus: int, labels: dict[str, str]) -> None:
@@ -93,32 +82,7 @@ def _gpu_node(cp, name: str, gpus: int, labels: dict[str, str]) -> None:
 
 
 def _job_complete(cp, ns: str, job: str) -> None:
-    now = "2026-11-24T12:00:00Z"
-    _patch_status(
-        cp,
-        ns,
-        "job",
-        job,
-        {
-            "startTime": now,
-            "completionTime": now,
-            "succeeded": 1,
-            "conditions": [
-                {
-                    "type": "SuccessCriteriaMet",
-                    "status": "True",
-                    "lastTransitionTime": now,
-                    "lastProbeTime": now,
-                },
-                {
-                    "type": "Complete",
-                    "status": "True",
-                    "lastTransitionTime": now,
-                    "lastProbeTime": now,
-                },
-            ],
-        },
-    )
+    cp.complete_job(ns, job)
 
 
 def _rayservice_ready(cp, ns: str, name: str, workers: int) -> None:

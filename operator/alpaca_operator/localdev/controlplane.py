@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,6 +33,29 @@ BINARIES = ("etcd", "kube-apiserver", "kubectl")
 
 class ControlPlaneError(RuntimeError):
     """The control plane did not come up; the message carries the end of its log."""
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 45, interval: float = 0.3
+) -> Any:
+    """Poll until `check` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Terminate a process we started, kill it if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class KubectlError(RuntimeError):
@@ -271,6 +297,37 @@ class ControlPlane:
                 f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
             )
         return result
+
+    def get_json(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """An object as kubectl prints it, or None when it does not exist."""
+        where = ["-n", namespace] if namespace else []
+        result = self.kubectl_run("get", *where, kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def items(self, resource: str, namespace: str) -> list[dict[str, Any]]:
+        return list(
+            json.loads(self.kubectl_run("get", resource, "-n", namespace, "-o", "json").stdout)[
+                "items"
+            ]
+        )
+
+    def patch_status(
+        self, kind: str, name: str, status: dict[str, Any], namespace: str | None = None
+    ) -> None:
+        """Write an object's status as its controller would (tests play the controllers here)."""
+        where = ["-n", namespace] if namespace else []
+        patch = json.dumps({"status": status})
+        self.kubectl_run(
+            "patch", *where, kind, name, "--subresource=status", "--type=merge", "-p", patch
+        )
+
+    def complete_job(self, namespace: str, job: str, **extra: Any) -> None:
+        """Report a Job as succeeded, as the Job controller would."""
+        ts = "2026-11-24T12:00:00Z"
+        done = {"type": "Complete", "status": "True", "lastTransitionTime": ts, "lastProbeTime": ts}
+        met = {**done, "type": "SuccessCriteriaMet"}
+        status = {"startTime": ts, "completionTime": ts, "succeeded": 1, "conditions": [met, done]}
+        self.patch_status("job", job, status | extra, namespace)
 
     def wait_established(self, *crds: str, timeout: float = 60) -> None:
         """Wait until every named CRD is Established (kubectl wait races a brand-new CRD)."""
