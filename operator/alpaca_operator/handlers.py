@@ -47,12 +47,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    kube = Kube(kubernetes.client.ApiClient())
+    memo.metrics = Metrics()
+    kube = Kube(
+        kubernetes.client.ApiClient(), on_write=lambda kind: memo.metrics.writes.labels(kind).inc()
+    )
     memo.kube = kube
     applier, config = Applier(kube), OperatorConfig.from_env()
     memo.models = ModelContext(kube, applier, config, application_for)
     memo.finetunes = FineTuneContext(kube, applier, config)
-    memo.metrics = Metrics()
     if memo.get("metrics_port"):
         memo.metrics.serve(int(memo.metrics_port))
 
@@ -77,7 +79,7 @@ def _publish(
 def _run(memo: kopf.Memo, body: dict[str, Any], reconcile: Any, context: Any) -> None:
     """One reconcile pass, timed and counted."""
     metrics: Metrics = memo.metrics
-    kind, writes = body["kind"], memo.kube.writes
+    kind = body["kind"]
     now = _now()
     with metrics.duration.labels(kind).time():
         try:
@@ -86,8 +88,6 @@ def _run(memo: kopf.Memo, body: dict[str, Any], reconcile: Any, context: Any) ->
         except Exception:
             metrics.reconciles.labels(kind, "error").inc()
             raise
-        finally:
-            metrics.writes.labels(kind).inc(memo.kube.writes - writes)
     metrics.reconciles.labels(kind, "ok").inc()
 
 

@@ -7,6 +7,7 @@ manages, so no discovery is needed and a missing CRD shows up as a clear `NotFou
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +83,21 @@ def kind_of(obj: dict[str, Any]) -> Kind:
 class Kube:
     """A thin client over kubernetes' ApiClient; every write goes through `apply`."""
 
-    def __init__(self, api: ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        field_manager: str = FIELD_MANAGER,
+        on_write: Callable[[str], None] | None = None,
+    ) -> None:
         self.api = api
         self.field_manager = field_manager
-        self.writes = 0  # requests that could change state, for tests and metrics
+        self.writes = 0  # requests that could change state, for tests
+        self.on_write = on_write  # called with the written object's kind (metrics)
+
+    def _wrote(self, kind: str) -> None:
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write(kind)
 
     def _request(
         self,
@@ -122,7 +134,7 @@ class Kube:
         path = kind_of(obj).path(meta.get("namespace"), meta["name"])
         if subresource:
             path += f"/{subresource}"
-        self.writes += 1
+        self._wrote(obj["kind"])
         return self._request(
             "PATCH",
             path,
@@ -141,7 +153,7 @@ class Kube:
     ) -> dict[str, Any]:
         """An RFC 6902 patch, for the few fields of another controller's object we adjust
         (list elements that server-side apply would replace whole)."""
-        self.writes += 1
+        self._wrote(kind)
         return self._request(
             "PATCH",
             KINDS[(api_version, kind)].path(namespace, name),
@@ -172,7 +184,7 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete with background propagation; False when it was already gone."""
-        self.writes += 1
+        self._wrote(kind)
         try:
             self._request(
                 "DELETE",
