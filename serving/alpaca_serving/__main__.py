@@ -33,7 +33,7 @@ def config_from(args: argparse.Namespace) -> ServingConfig:
     if args.cpu:
         data["accelerator"] = "cpu"
         data.setdefault("engine_kwargs", dict(CPU_ENGINE))
-    data.setdefault("work_dir", tempfile.mkdtemp(prefix="alpaca-serving-"))
+    data.setdefault("work_dir", str(Path(tempfile.gettempdir()) / "alpaca-serving"))
     return ServingConfig.model_validate(data)
 
 
