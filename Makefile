@@ -41,7 +41,7 @@ serving-deps: venv ## Ray Serve + vLLM (the CPU build here; requirement list gen
 	$(PY) scripts/serving_deps.py
 
 test: venv k8s-bins serving-deps lint ## everything: unit, real apiserver, operator e2e, real serving (what CI runs)
-	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp
+	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup
 
 demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it
 	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \

@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/serving/" in str(item.fspath):
             item.add_marker(pytest.mark.serving)
+            # one xdist worker runs all serving tests (one Ray at a time), beside the cluster tests
+            item.add_marker(pytest.mark.xdist_group("serving"))
 
 
 def _free_port() -> int:
