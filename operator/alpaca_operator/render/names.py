@@ -68,25 +68,27 @@ def endpoint_service_name(name: str) -> str:
     return f"{name}-openai"
 
 
-def model_labels(name: str, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "alpaca-model",
-        "app.kubernetes.io/instance": name,
+def _labels(
+    app: str, component: str, owner_label: str, owner: str, instance: bool = True
+) -> dict[str, str]:
+    """The labels of every child: the standard app.kubernetes.io set plus the owner's."""
+    labels = {"app.kubernetes.io/name": app}
+    if instance:
+        labels["app.kubernetes.io/instance"] = owner
+    return labels | {
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": PART_OF,
         LABEL_COMPONENT: component,
-        LABEL_MODEL: name,
+        owner_label: owner,
     }
+
+
+def model_labels(name: str, component: str) -> dict[str, str]:
+    return _labels("alpaca-model", component, LABEL_MODEL, name)
 
 
 def cache_labels(cache: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "alpaca-weights",
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": PART_OF,
-        LABEL_COMPONENT: "weights-cache",
-        LABEL_CACHE: cache,
-    }
+    return _labels("alpaca-weights", "weights-cache", LABEL_CACHE, cache, instance=False)
 
 
 def output_pvc_name(finetune: str) -> str:
@@ -107,11 +109,4 @@ def trainer_account_name(finetune: str) -> str:
 
 
 def finetune_labels(name: str, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "alpaca-finetune",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": PART_OF,
-        LABEL_COMPONENT: component,
-        LABEL_FINETUNE: name,
-    }
+    return _labels("alpaca-finetune", component, LABEL_FINETUNE, name)
