@@ -25,6 +25,7 @@ class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)
     stall_after: dict[str, int] = field(default_factory=dict)
     times: dict[str, int] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before each block of every response
 
 
 class FileServer(ThreadingHTTPServer):
@@ -171,6 +172,8 @@ class Handler(BaseHTTPRequestHandler):
         with open(target, "rb") as fh:
             fh.seek(start)
             while block := fh.read(BLOCK):
+                if self.server.faults.delay:
+                    self.server.released.wait(self.server.faults.delay)
                 if limit is not None and sent + len(block) > limit:
                     block = block[: max(0, limit - sent)]
                     self.wfile.write(block)

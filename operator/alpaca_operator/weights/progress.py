@@ -4,7 +4,9 @@ Three places, every `interval` seconds and at each phase change:
 - `<cache>/.alpaca/progress.json` (written atomically): anyone mounting the cache can read it;
 - the fill Job's annotations `alpaca.dev/bytes-done` and `alpaca.dev/bytes-total` (and
   `alpaca.dev/fill-phase`), merge-patched through the in-cluster API when the Job's name is in
-  `ALPACA_WEIGHTS_JOB` (the operator's observer reads these for the WeightsReady message);
+  `ALPACA_WEIGHTS_JOB` (the operator's observer reads these for the WeightsReady message),
+  with the pod's service account (mounted at the usual path, or `ALPACA_SERVICE_ACCOUNT_DIR`),
+  whose Role allows `get` and `patch` on that one Job and nothing else;
 - a log line on stdout.
 Publishing is best effort: a failed patch is logged once and never fails the fill.
 """
@@ -71,10 +73,11 @@ def job_patcher(env: dict[str, str]) -> Callable[[dict[str, Any]], None] | None:
     """A function patching the fill Job's progress annotations, when running in a cluster Job."""
     job = env.get("ALPACA_WEIGHTS_JOB")
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
-    token_file = SERVICE_ACCOUNT / "token"
+    account = Path(env.get("ALPACA_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT)
+    token_file = account / "token"
     if not (job and host and token_file.exists()):
         return None
-    namespace = env.get("POD_NAMESPACE") or (SERVICE_ACCOUNT / "namespace").read_text().strip()
+    namespace = env.get("POD_NAMESPACE") or (account / "namespace").read_text().strip()
     url = f"https://{host}:{port}/apis/batch/v1/namespaces/{namespace}/jobs/{job}"
 
     def patch(snap: dict[str, Any]) -> None:
@@ -96,7 +99,7 @@ def job_patcher(env: dict[str, str]) -> Callable[[dict[str, Any]], None] | None:
                 "Authorization": f"Bearer {token_file.read_text().strip()}",
                 "Content-Type": "application/merge-patch+json",
             },
-            verify=str(SERVICE_ACCOUNT / "ca.crt"),
+            verify=str(account / "ca.crt"),
             timeout=10,
         )
         resp.raise_for_status()

@@ -7,9 +7,9 @@ diff has more (the "[PAD]" token), each new row the mean of the old rows, as
 diff; the integrity check is the sum over keys (in state-dict order) of each tensor's float32
 sum, compared with the expected value at atol 1e-2; the tokenizer and config come from the diff.
 
-Unlike the script, which holds two float32 models, this reads one diff shard at a time and
-only the base tensors it needs (memory-mapped), writing each recovered shard before the next:
-memory is about one output shard. The output keeps the diff's shard layout and, unless told
+Unlike the script, which holds two float32 models, this reads one tensor of the diff at a
+time and the base tensor it needs (`tensorfile`: pread, no memory map) and writes the sum at
+once into the output shard: memory is a few tensors, not even one shard. The output keeps the diff's shard layout and, unless told
 otherwise, the diff's dtype (float32 for Alpaca-7B, as the script saves).
 """
 
@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import errors
+from alpaca_operator.weights import errors, tensorfile
 from alpaca_operator.weights.convert import KEY_ORDER, SAFE_INDEX
 from alpaca_operator.weights.errors import WeightsError
 
@@ -35,16 +35,13 @@ SKIPPED_FILES = {SAFE_INDEX, "pytorch_model.bin.index.json"}
 
 def shards(folder: Path) -> dict[str, Path]:
     """Every tensor key of a safetensors model folder, mapped to its shard file."""
-    from safetensors import safe_open
-
     index = folder / SAFE_INDEX
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
         return {key: folder / name for key, name in weight_map.items()}
     out: dict[str, Path] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, framework="pt") as fh:
-            out.update(dict.fromkeys(fh.keys(), path))
+        out.update(dict.fromkeys((e.name for e in tensorfile.read_header(path).entries), path))
     if not out:
         raise WeightsError(errors.RECOVERY_FAILED, f"no safetensors weights in {folder}")
     return out
@@ -72,21 +69,22 @@ def rotary_inv_freq(config: dict[str, Any]) -> Any:
 
 
 class Base:
-    """The base model's tensors, read one at a time from memory-mapped shards, in float32."""
+    """The base model's tensors, read one at a time (pread, no memory map), in float32."""
 
     def __init__(self, folder: Path, config: dict[str, Any], stack: ExitStack) -> None:
         self.map = shards(folder)
         self.pad_added = not has_pad_token(folder)
         self.config = config
         self._stack = stack
-        self._open: dict[Path, Any] = {}
+        self._open: dict[Path, tuple[Any, tensorfile.Header]] = {}
 
-    def _handle(self, path: Path) -> Any:
-        from safetensors import safe_open
-
+    def _read(self, key: str) -> Any:
+        path = self.map[key]
         if path not in self._open:
-            self._open[path] = self._stack.enter_context(safe_open(path, framework="pt"))
-        return self._open[path]
+            fh = self._stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the stack
+            self._open[path] = (fh, tensorfile.read_header(path))
+        fh, header = self._open[path]
+        return tensorfile.read_tensor(fh, header, header.entry(key))
 
     def tensor(self, key: str, shape: tuple[int, ...]) -> Any:
         """The base tensor for `key`, float32, resized like the script resizes embeddings."""
@@ -96,7 +94,7 @@ class Base:
             if key.endswith("rotary_emb.inv_freq"):
                 return rotary_inv_freq(self.config)
             raise WeightsError(errors.RECOVERY_FAILED, f"the base has no tensor {key}")
-        raw = self._handle(self.map[key]).get_tensor(key).to(torch.float32)
+        raw = self._read(key).to(torch.float32)
         if tuple(raw.shape) == shape:
             return raw
         grows = (
@@ -116,14 +114,13 @@ class Base:
 
 def _order(diff_map: dict[str, Path]) -> list[str]:
     """The diff's keys in state-dict order: from conversion metadata, else the index order."""
-    from safetensors import safe_open
-
     order: list[str] = []
     for path in sorted(set(diff_map.values())):
-        with safe_open(path, framework="pt") as fh:
-            meta = fh.metadata() or {}
-            keys = json.loads(meta[KEY_ORDER]) if KEY_ORDER in meta else list(fh.keys())
-        order.extend(keys)
+        header = tensorfile.read_header(path)
+        meta = header.metadata
+        order.extend(
+            json.loads(meta[KEY_ORDER]) if KEY_ORDER in meta else [e.name for e in header.entries]
+        )
     return order if set(order) == set(diff_map) else list(diff_map)
 
 
@@ -144,16 +141,37 @@ def _copy_side_files(diff: Path, out: Path, dtype_name: str) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _write_shard(tensors: dict[str, Any], dest: Path) -> None:
-    from safetensors.torch import save_file
+def _recover_shard(shard: Path, base: Base, out: Path, out_dtype: Any, sums: dict[str, Any]) -> int:
+    """diff + base for every tensor of one diff shard, each written as soon as it is made; the
+    bytes written. Memory: a few tensors, never the shard."""
+    import torch
 
+    header = tensorfile.read_header(shard)
+    layout = [
+        (e.name, tensorfile.code_of(out_dtype) if out_dtype else e.dtype, e.shape)
+        for e in header.entries
+    ]
+    dest = out / shard.name
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
+        writer = tensorfile.Writer(tmp, layout, {"format": "pt"})
+        try:
+            with open(shard, "rb") as fh:
+                for entry in header.entries:
+                    delta = tensorfile.read_tensor(fh, header, entry)
+                    # in place when the diff is float32 (its buffer is ours): one tensor less
+                    tuned = delta.to(torch.float32).add_(base.tensor(entry.name, entry.shape))
+                    sums[entry.name] = tuned.sum()
+                    writer.write(entry.name, tuned.to(out_dtype or delta.dtype))
+                    del delta, tuned
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         os.replace(tmp, dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise errors.from_local_os_error(exc, dest.name) from exc
+    return os.path.getsize(dest) - tensorfile.read_header(dest).data_start
 
 
 def recover(
@@ -165,34 +183,23 @@ def recover(
 ) -> float:
     """Write diff + base into `out`; the integrity checksum (checked when one is expected)."""
     import torch
-    from safetensors import safe_open
 
     diff_map = shards(diff)
-    config = (
-        json.loads((diff / "config.json").read_text()) if (diff / "config.json").exists() else {}
-    )
-    sums: dict[str, Any] = {}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.from_local_os_error(exc, str(out)) from exc
+    config_file = diff / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
     out_dtype = getattr(torch, dtype) if dtype else None
+    sums: dict[str, Any] = {}
     total_size = 0
-    written: set[Any] = set()
     with ExitStack() as stack:
         base_model = Base(base, config, stack)
         for shard in sorted(set(diff_map.values())):
-            recovered = {}
-            with safe_open(shard, framework="pt") as fh:
-                keys = list(fh.keys())
-                for key in keys:
-                    delta = fh.get_tensor(key)
-                    target = out_dtype or delta.dtype
-                    tuned = delta.to(torch.float32) + base_model.tensor(key, tuple(delta.shape))
-                    sums[key] = tuned.sum()
-                    recovered[key] = tuned.to(target).contiguous()
-                    written.add(target)
-                    total_size += recovered[key].numel() * recovered[key].element_size()
-                    del delta, tuned
-            _write_shard(recovered, out / shard.name)
-            del recovered
-    dtype_name = str(max(written, key=str) if written else torch.float32).removeprefix("torch.")
+            total_size += _recover_shard(shard, base_model, out, out_dtype, sums)
+    codes = {e.dtype for p in out.glob("*.safetensors") for e in tensorfile.read_header(p).entries}
+    dtype_name = tensorfile.DTYPES[max(codes)] if len(codes) == 1 else "float32"
     _copy_side_files(diff, out, dtype_name)
     if (diff / SAFE_INDEX).exists():
         index = json.loads((diff / SAFE_INDEX).read_text())
