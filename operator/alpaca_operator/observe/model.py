@@ -18,7 +18,7 @@ from alpaca_operator.conditions import (
 )
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
-from alpaca_operator.render.weights import FILLED_ANNOTATION
+from alpaca_operator.render.weights import FILL_RETRIES, FILLED_ANNOTATION
 
 KUBERAY_INSTALL = (
     "install the KubeRay operator (for example: helm install kuberay-operator "
@@ -140,6 +140,14 @@ def capacity(spec: AlpacaModelSpec, children: ModelChildren, selector: dict[str,
     )
 
 
+# What the weights CLI says it is doing after the download (its `alpaca.dev/fill-phase`).
+FILL_PHASES = {
+    "converting": ("Converting", "Converting PyTorch .bin checkpoints to safetensors"),
+    "recovering": ("Recovering", "Recovering the model from its weight diff and base"),
+    "verifying": ("Verifying", "Writing the manifest (sizes, sha256) of the weights"),
+}
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -181,6 +189,19 @@ def weights(spec: Weights, state: CacheState) -> Verdict:
         )
     progress = job["metadata"].get("annotations") or {}
     done, total = progress.get("alpaca.dev/bytes-done"), progress.get("alpaca.dev/bytes-total")
+    phase = progress.get("alpaca.dev/fill-phase", "")
+    if phase in FILL_PHASES:
+        reason, text = FILL_PHASES[phase]
+        return Verdict("False", reason, f"{text} into {cache}.")
+    if status.get("failed") and state.fill_pod_message:
+        last, text = _fill_failure(state.fill_pod_message)
+        attempts = int(status["failed"])
+        return Verdict(
+            "False",
+            "DownloadRetrying",
+            f"Attempt {attempts} to fill {cache} failed ({last}: {text}); "
+            f"retrying from where it stopped (at most {FILL_RETRIES + 1} attempts).",
+        )
     if done and total:
         pct = 100 * int(done) / max(int(total), 1)
         return Verdict(

@@ -50,12 +50,16 @@ def ensure_cache(
     state.pvc = applier.ensure(desired_pvc, live_pvc)
     if state.filled:
         return state
+    owned = [owner_reference(state.pvc, controller=True)]
+    for obj in weights.fill_rbac(cache, ns):
+        obj["metadata"]["ownerReferences"] = owned
+        live = kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
+        applier.ensure(obj, live)
     if job is None:
         desired_job = weights.fill_job(spec, ns, image)
-        desired_job["metadata"]["ownerReferences"] = [owner_reference(state.pvc, controller=True)]
+        desired_job["metadata"]["ownerReferences"] = owned
         job = applier.ensure(desired_job, None)
     state.fill_job = job
-    failed = condition_of(job, "Failed")
-    if failed and failed.get("status") == "True":
+    if (job.get("status") or {}).get("failed"):  # the Job failed, or an attempt did
         state.fill_pod_message = termination_message(kube, job)
     return state

@@ -52,6 +52,11 @@ def fill_job_name(cache: str) -> str:
     return f"{cache}-fill"
 
 
+def fill_account_name(cache: str) -> str:
+    """The fill pod's ServiceAccount (and its Role and RoleBinding)."""
+    return f"{cache}-fill"
+
+
 def nodepool_name(namespace: str, name: str) -> str:
     """A cluster-scoped NodePool for a namespaced owner: namespace and name, hashed when long."""
     full = f"alpaca-{namespace}-{name}"

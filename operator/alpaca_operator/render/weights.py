@@ -75,6 +75,37 @@ def fill_args(
     return args
 
 
+def fill_rbac(cache: str, namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of the fill pod: it may read and annotate its own
+    Job (the progress the status shows as bytes done of total), and nothing else."""
+    account, job = names.fill_account_name(cache), names.fill_job_name(cache)
+    labels = names.cache_labels(cache)
+    meta = {"name": account, "namespace": namespace, "labels": dict(labels)}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": dict(meta),
+            "rules": [
+                {
+                    "apiGroups": ["batch"],
+                    "resources": ["jobs"],
+                    "resourceNames": [job],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
 def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
     """The Job that downloads (and recovers, converts) the weights into the cache."""
     cache = names.cache_name(weights)
@@ -95,6 +126,12 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
         "env": [
             {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/.hf"},
             {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+            # where the CLI publishes its progress (annotations on this Job)
+            {"name": "ALPACA_WEIGHTS_JOB", "value": names.fill_job_name(cache)},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
         ],
         "resources": {
             "requests": {"cpu": "1", "memory": "2Gi"},
@@ -136,6 +173,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
                 "metadata": {"labels": dict(labels)},
                 "spec": {
                     "restartPolicy": "Never",
+                    "serviceAccountName": names.fill_account_name(cache),
                     "securityContext": pod_security(),
                     "containers": [container],
                     "volumes": volumes,

@@ -87,3 +87,36 @@ def test_replicas_from_the_active_cluster():
     }
     assert observe.replicas(rs) == (3, 2)
     assert observe.replicas(None) == (0, 0)
+
+
+def _fill_state(annotations: dict, status: dict, message: str | None = None):
+    job = {"metadata": {"annotations": annotations}, "status": status}
+    return observe.CacheState(
+        pvc={"metadata": {"annotations": {}}}, fill_job=job, fill_pod_message=message
+    )
+
+
+def test_an_attempt_that_failed_is_retrying_with_its_reason():
+    state = _fill_state(
+        {"alpaca.dev/bytes-done": "10", "alpaca.dev/bytes-total": "100"},
+        {"active": 1, "failed": 1},
+        "DownloadStalled: http://x/model.safetensors: no bytes arrived in time",
+    )
+    v = observe.weights(SPEC.weights, state)
+    assert (v.status, v.reason) == ("False", "DownloadRetrying")
+    assert "Attempt 1 to fill" in v.message
+    assert "(DownloadStalled: http://x/model.safetensors: no bytes arrived in time)" in v.message
+    assert "at most 5 attempts" in v.message
+
+
+def test_the_cli_phase_after_the_download_is_the_reason():
+    for phase, reason in (("recovering", "Recovering"), ("converting", "Converting")):
+        state = _fill_state({"alpaca.dev/fill-phase": phase}, {"active": 1})
+        assert observe.weights(SPEC.weights, state).reason == reason
+
+
+def test_every_cli_failure_reason_is_a_failure_reason_of_the_status():
+    from alpaca_operator.conditions import FAILURE_REASONS
+    from alpaca_operator.weights import errors
+
+    assert set(errors.REASONS) <= FAILURE_REASONS

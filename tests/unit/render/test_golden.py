@@ -35,6 +35,7 @@ def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[s
     out = [
         capacity.nodepool(spec.capacity, spec.resources, namespace, name),
         weights.cache_pvc(spec.weights, namespace),
+        *weights.fill_rbac(cache, namespace),
         weights.fill_job(spec.weights, namespace, CONFIG.weights_image),
         rayservice.rayservice(
             spec,
