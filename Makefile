@@ -43,7 +43,7 @@ serving-deps: venv ## Ray Serve + vLLM (the CPU build here; requirement list gen
 test: venv k8s-bins serving-deps lint ## everything: unit, real apiserver, operator e2e, real serving (what CI runs)
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup
 
-demo: venv k8s-bins ## local control plane + operator + examples/alpaca-local.yaml; Ctrl-C stops it
+demo: venv k8s-bins serving-deps ## control plane + operator + local runtime: SmolLM2 served, a chat answer printed; Ctrl-C stops it
 	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \
 		--thirdparty-crds "$$(scripts/thirdparty.sh crds | tail -n 1)" $(if $(DEMO_ONCE),--once)
 

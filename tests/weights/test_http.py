@@ -78,3 +78,12 @@ def test_missing_folder_is_source_not_found(served, tmp_path, term_log):
     code = cli.main([*args, "--source", f"{served.url}/models/nothing/"])
     assert code == errors.EXIT_PERMANENT
     assert read_term(term_log).startswith("SourceNotFound: ")
+
+
+def test_the_operator_given_key_names_the_cache(served, tmp_path, term_log):
+    dest = tmp_path / "cache"
+    assert fill(served, dest, term_log, "--key", "weights-tiny-0123456789") == 0
+    assert read_term(term_log).startswith("Filled: weights-tiny-0123456789 holds ")
+    assert (
+        json.loads((dest / ".alpaca" / "complete").read_text())["key"] == "weights-tiny-0123456789"
+    )

@@ -61,6 +61,8 @@ def fill_args(
         _source_arg(weights.source, "/source", volumes, mounts),
         "--dest",
         CACHE_MOUNT,
+        "--key",
+        names.cache_name(weights),
     ]
     if weights.revision:
         args += ["--revision", weights.revision]

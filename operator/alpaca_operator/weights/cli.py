@@ -37,6 +37,11 @@ def _identity_args(parser: argparse.ArgumentParser) -> None:
 def _fill_args(parser: argparse.ArgumentParser) -> None:
     _identity_args(parser)
     parser.add_argument("--dest", required=True, type=Path, help="the cache volume's mount")
+    parser.add_argument(
+        "--key",
+        help="the cache's name as the operator knows it (its PVC); computed from the identity "
+        "when absent (the operator's identity names pvc:// sources, the CLI sees their mount)",
+    )
     parser.add_argument("--expected-checksum", type=float, help="recovery integrity check value")
     parser.add_argument("--include", action="append", default=[], help="only files matching")
     parser.add_argument("--exclude", action="append", default=[], help="skip files matching")
@@ -85,6 +90,7 @@ def _fill(args: argparse.Namespace) -> str:
         recover_base_revision=args.recover_base_revision,
         expected_checksum=args.expected_checksum,
         to_safetensors=args.to_safetensors,
+        key=args.key,
         include=args.include,
         exclude=args.exclude,
         settings=download.Settings(

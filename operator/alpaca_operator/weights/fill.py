@@ -29,6 +29,7 @@ class FillRequest:
     recover_base_revision: str | None = None
     expected_checksum: float | None = None
     to_safetensors: bool = False
+    key: str | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     settings: download.Settings = field(default_factory=download.Settings)
@@ -114,7 +115,7 @@ def _recovered(req: FillRequest, progress: Progress) -> float | None:
 def fill(req: FillRequest, progress: Progress) -> FillResult:
     """Fill the cache at `req.dest` once; reuse it when already complete for the same identity."""
     ident = req.identity()
-    key = cache.key_of(ident)
+    key = req.key or cache.key_of(ident)
     with cache.fill_lock(req.dest):
         marker = manifest.completed(req.dest)
         if marker is not None:
