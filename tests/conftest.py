@@ -15,6 +15,15 @@ from alpaca_operator.localdev.controlplane import ControlPlane
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up the factory
+def pytest_configure(config: pytest.Config) -> None:
+    """Importing torch._dynamo (transformers' Trainer, model classes) makes torch create its inductor cache
+    folder, by default /tmp/torchinductor_$USER, already while test modules are collected: put it
+    in this session's temporary folder (tmp_path's parent) instead."""
+    basetemp = config._tmp_path_factory.getbasetemp()  # the factory behind tmp_path
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(basetemp / "torchinductor"))
+
+
 def k8s_bin_dir() -> Path:
     """The folder with kube-apiserver, etcd and kubectl: ALPACA_K8S_BINS, else scripts/k8s-bins.sh
     (which honours KUBEBUILDER_ASSETS, and builds and caches the binaries on first use)."""
