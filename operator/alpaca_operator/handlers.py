@@ -27,6 +27,7 @@ from alpaca_operator.reconcile.model import ModelContext, run_model
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.reconcile.status import write_status
 from alpaca_operator.render import names
+from alpaca_operator.render.capacity import GPU_RESOURCE
 
 MODEL = (GROUP, VERSION, model.PLURAL)
 FINETUNE = (GROUP, VERSION, finetune.PLURAL)
@@ -186,6 +187,33 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 def serving_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A RayService or endpoint Service changed: its AlpacaModel recomputes."""
     _wake(memo, model.KIND, namespace, labels[names.LABEL_MODEL])
+
+
+def _node_key(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a node matters to capacity: its labels, GPUs and whether it takes pods."""
+    labels = body["metadata"].get("labels") or {}
+    gpus = (body.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE)
+    return tuple(sorted(labels.items())), gpus, bool((body.get("spec") or {}).get("unschedulable"))
+
+
+@kopf.on.event("v1", "nodes")
+def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A node came, went, or changed its labels or GPUs: the models on existing nodes
+    recompute their capacity. Heartbeats (most node events) change nothing here and wake no one;
+    the initial listing only records what is there (the resume handlers reconcile at start)."""
+    seen: dict[str, Any] = memo.setdefault("nodes_seen", {})
+    name = body["metadata"]["name"]
+    now = None if event["type"] == "DELETED" else _node_key(dict(body))
+    before = seen.pop(name, None) if now is None else seen.get(name)
+    if now is not None:
+        seen[name] = now
+    if event["type"] is None or now == before:
+        return
+    for obj in memo.kube.list(API_VERSION, model.KIND):
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        existing = (spec.get("capacity") or {}).get("provisioner", "existing") == "existing"
+        if existing and _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
+            _reconcile_model(memo, obj)
 
 
 @kopf.on.event("v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})

@@ -30,9 +30,10 @@ RULES: list[dict[str, Any]] = [
         "verbs": [*READ, *APPLY],
     },
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", *APPLY]},
-    # Failure messages of fill and training pods; GPU capacity of existing nodes.
+    # Failure messages of fill and training pods; GPU capacity of existing nodes (watched:
+    # a node that comes, goes or changes its labels or GPUs wakes the models on existing nodes).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
     # kopf's namespace patterns (-n team-*) follow namespaces as they come and go.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     # Fill Jobs and training Jobs.

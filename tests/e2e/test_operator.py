@@ -248,3 +248,43 @@ def test_local_runtime_runs_the_fill_and_its_failure_reaches_the_status(
     finally:
         runtime.stop()
         runtime.cleanup()
+
+
+def test_a_new_gpu_node_wakes_a_model_waiting_for_nodes(control_plane, operator, namespace):
+    """Nodes are watched: a matching GPU node added (or its GPUs changed) moves CapacityReady
+    at once, not at the next resync (a minute away here)."""
+    cp = control_plane
+    doc = {
+        "apiVersion": "alpaca.dev/v1alpha1",
+        "kind": "AlpacaModel",
+        "metadata": {"name": "waits"},
+        "spec": {
+            "weights": {"source": "hf://acme/tiny"},
+            "resources": {"gpus": 1},
+            "capacity": {"provisioner": "existing", "nodeSelector": {"pool": namespace}},
+        },
+    }
+    cp.kubectl_run("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+
+    def capacity(reason: str) -> dict[str, Any] | None:
+        cond = _condition(_get(cp, namespace, "am", "waits"), "CapacityReady")
+        return cond if cond and cond["reason"] == reason else None
+
+    _wait(lambda: capacity("WaitingForNodes"), 30, "WaitingForNodes")
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": namespace, "labels": {"pool": namespace}},
+    }
+    cp.kubectl_run("apply", "-f", "-", input=json.dumps(node))
+    try:
+        _wait(lambda: capacity("InsufficientGPU"), 20, "InsufficientGPU (a node without GPUs)")
+        cp.patch_status(
+            "node",
+            namespace,
+            {"allocatable": {"nvidia.com/gpu": "1"}, "capacity": {"nvidia.com/gpu": "1"}},
+        )
+        cond = _wait(lambda: capacity("NodesAvailable"), 20, "NodesAvailable after the GPUs appear")
+        assert cond["status"] == "True"
+    finally:
+        cp.kubectl_run("delete", "node", namespace, "--wait=false", check=False)
