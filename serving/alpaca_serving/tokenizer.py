@@ -51,16 +51,3 @@ def prepare_tokenizer(model_path: str, prompt_template: str, work_dir: str) -> s
     config_path.write_text(json.dumps(config, indent=2))
     (target / "chat_template.jinja").unlink(missing_ok=True)  # it would win over the config
     return str(target)
-
-
-def link_adapters(adapters: list[tuple[str, str]], work_dir: str) -> str:
-    """A folder with one entry per adapter name (a link to its files), for Ray Serve LLM's
-    dynamic LoRA loading."""
-    root = Path(work_dir) / "adapters"
-    root.mkdir(parents=True, exist_ok=True)
-    for name, path in adapters:
-        link = root / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(Path(path).resolve(), target_is_directory=True)
-    return str(root)

@@ -15,7 +15,7 @@ from alpaca_operator.api.base import (
     defaulted,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
-from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Weights
+from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
 
 KIND = "AlpacaModel"
 PLURAL = "alpacamodels"
@@ -126,15 +126,32 @@ class Autoscaling(ApiModel):
     )
 
 
+ADAPTER_CACHE_SIZE = "2Gi"
+"""The cache volume of one adapter (LoRA adapters of 7B models are megabytes)."""
+
+
 class Adapter(ApiModel):
     """A LoRA adapter served beside the base model under its own model name."""
 
-    name: DnsLabel = Field(description="The model name clients ask for in the OpenAI API.")
+    name: DnsLabel = Field(
+        description="The adapter's name: clients ask for the model `<servedModelName>:<name>`."
+    )
     source: str = Field(
         pattern=SOURCE_PATTERN,
         max_length=2048,
-        description=f"Where the adapter (adapter_config.json + weights) is: {SOURCE_HELP}.",
+        description=f"Where the adapter (adapter_config.json + weights) is: {SOURCE_HELP}. "
+        "Fetched once into its own shared cache, with the weights' credentialsSecret.",
     )
+
+    def as_weights(self, model: Weights) -> Weights:
+        """The adapter as weights, cached, verified and shared like a model's: with the model's
+        credentials, storage class and access mode, in a small volume."""
+        cache = Volume(
+            size=ADAPTER_CACHE_SIZE,
+            storage_class_name=model.cache.storage_class_name,
+            access_mode=model.cache.access_mode,
+        )
+        return Weights(source=self.source, credentials_secret=model.credentials_secret, cache=cache)
 
 
 class Images(ApiModel):

@@ -60,6 +60,7 @@ class ModelChildren:
     nodepool: dict[str, Any] | None = None
     nodes: list[dict[str, Any]] = field(default_factory=list)
     cache: CacheState = field(default_factory=CacheState)
+    adapter_caches: dict[str, CacheState] = field(default_factory=dict)  # by adapter name
     rayservice: dict[str, Any] | None = None
     cluster_action: str | None = None  # what settling the RayCluster did in this pass
 
@@ -216,6 +217,22 @@ def weights(spec: Weights, state: CacheState) -> Verdict:
     )
 
 
+def model_weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
+    """The model's weights, then each adapter's: the first that is not filled speaks."""
+    verdict = weights(spec.weights, children.cache)
+    if not verdict.ok:
+        return verdict
+    for adapter in spec.adapters:
+        state = children.adapter_caches.get(adapter.name, CacheState())
+        one = weights(adapter.as_weights(spec.weights), state)
+        if not one.ok:
+            return Verdict(one.status, one.reason, f"Adapter {adapter.name}: {one.message}")
+    if spec.adapters:
+        names_ = ", ".join(a.name for a in spec.adapters)
+        return Verdict("True", "CacheFilled", f"{verdict.message} Adapters filled: {names_}.")
+    return verdict
+
+
 def _app_status(rayservice: dict[str, Any]) -> tuple[str, str]:
     apps = (
         rayservice.get("status", {}).get("activeServiceStatus", {}).get("applicationStatuses", {})
@@ -341,7 +358,7 @@ def stages(
     """Every stage's verdict, deadlines applied, and Ready from them."""
     out = {
         CAPACITY: capacity(spec, children, selector),
-        WEIGHTS: weights(spec.weights, children.cache),
+        WEIGHTS: model_weights(spec, children),
     }
     out[SERVING] = serving(spec, children, out[WEIGHTS].ok)
     out = with_deadlines(out, previous, now)

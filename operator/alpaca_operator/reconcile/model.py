@@ -61,6 +61,11 @@ def _weights(
 ) -> None:
     image = spec.images.weights or ctx.config.weights_image
     children.cache = ensure_cache(ctx.kube, ctx.applier, spec.weights, body, image)
+    for adapter in spec.adapters:
+        weights = adapter.as_weights(spec.weights)
+        children.adapter_caches[adapter.name] = ensure_cache(
+            ctx.kube, ctx.applier, weights, body, image
+        )
 
 
 def _serving(
@@ -71,7 +76,8 @@ def _serving(
     place: render_capacity.Placement,
 ) -> None:
     name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
-    if RAYSERVICE_CRD not in children.crds or not children.cache.filled:
+    filled = children.cache.filled and all(c.filled for c in children.adapter_caches.values())
+    if RAYSERVICE_CRD not in children.crds or not filled:
         return
     cache = names.cache_name(spec.weights)
     served = spec.served_model_name or name

@@ -7,7 +7,8 @@ from typing import Any
 
 from alpaca_operator.api.base import parse_duration
 from alpaca_operator.api.model import AlpacaModelSpec
-from alpaca_serving.config import Autoscaling, ServingConfig
+from alpaca_operator.render import names, rayservice
+from alpaca_serving.config import Adapter, Autoscaling, ServingConfig
 from alpaca_serving.serve_config import application_entry
 
 
@@ -39,6 +40,13 @@ def serving_config(spec: AlpacaModelSpec, model_path: str, served_name: str) -> 
         ),
         accelerator="gpu" if spec.resources.gpus > 0 else "cpu",
         gpus_per_replica=spec.resources.gpus,
+        adapters=[
+            Adapter(
+                name=a.name,
+                path=rayservice.model_path(names.cache_name(a.as_weights(spec.weights))),
+            )
+            for a in spec.adapters
+        ],
     )
 
 

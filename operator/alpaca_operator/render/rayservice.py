@@ -33,15 +33,24 @@ def _container(
     }
 
 
-def _volumes(cache: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    cache: str, adapter_caches: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The weights cache and each adapter's, read-only under /models/<cache>; shared memory."""
     volumes = [
         {"name": "weights", "persistentVolumeClaim": {"claimName": cache, "readOnly": True}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL / vLLM shared memory
     ]
     mounts = [
-        {"name": "weights", "mountPath": f"{MODELS_MOUNT}/{cache}", "readOnly": True},
+        {"name": "weights", "mountPath": model_path(cache), "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    for i, claim in enumerate(adapter_caches):
+        volume = f"adapter-{i}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": volume, "mountPath": model_path(claim), "readOnly": True})
     return volumes, mounts
 
 
@@ -73,8 +82,9 @@ def rayservice(
     if res.gpus > 0:
         worker_resources[GPU_RESOURCE] = str(res.gpus)
     scaling = spec.autoscaling
-    head_volumes, head_mounts = _volumes(cache)
-    worker_volumes, worker_mounts = _volumes(cache)
+    adapters = [names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters]
+    head_volumes, head_mounts = _volumes(cache, adapters)
+    worker_volumes, worker_mounts = _volumes(cache, adapters)
     head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_mounts)
     head["ports"] = [
         {"name": "gcs", "containerPort": 6379},

@@ -120,3 +120,41 @@ def test_every_cli_failure_reason_is_a_failure_reason_of_the_status():
     from alpaca_operator.weights import errors
 
     assert set(errors.REASONS) <= FAILURE_REASONS
+
+
+def test_weights_wait_for_every_adapter_cache():
+    spec = AlpacaModelSpec.model_validate(
+        {
+            "weights": {"source": "hf://o/m"},
+            "adapters": [{"name": "sql", "source": "s3://b/sql"}],
+        }
+    )
+    filled = observe.CacheState(pvc={"metadata": {"annotations": {"alpaca.dev/filled": "true"}}})
+    children = observe.ModelChildren(cache=filled)
+    v = observe.model_weights(spec, children)
+    assert (v.status, v.reason) == ("False", "CacheCreating")
+    assert v.message.startswith("Adapter sql: Creating the weights cache volume weights-sql-")
+    children.adapter_caches["sql"] = filled
+    v = observe.model_weights(spec, children)
+    assert (v.status, v.reason) == ("True", "CacheFilled")
+    assert v.message.endswith("Adapters filled: sql.")
+
+
+def test_an_adapter_cache_shares_the_models_credentials_and_storage():
+    spec = AlpacaModelSpec.model_validate(
+        {
+            "weights": {
+                "source": "s3://b/m",
+                "credentialsSecret": "s3-creds",
+                "cache": {"storageClassName": "fast", "accessMode": "ReadWriteOnce"},
+            },
+            "adapters": [{"name": "sql", "source": "s3://b/sql"}],
+        }
+    )
+    w = spec.adapters[0].as_weights(spec.weights)
+    assert (w.credentials_secret, w.cache.storage_class_name, w.cache.access_mode) == (
+        "s3-creds",
+        "fast",
+        "ReadWriteOnce",
+    )
+    assert w.cache.size == "2Gi"

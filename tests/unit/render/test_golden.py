@@ -37,6 +37,16 @@ def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[s
         weights.cache_pvc(spec.weights, namespace),
         *weights.fill_rbac(cache, namespace),
         weights.fill_job(spec.weights, namespace, CONFIG.weights_image),
+        *[
+            obj
+            for a in spec.adapters
+            for w in [a.as_weights(spec.weights)]
+            for obj in (
+                weights.cache_pvc(w, namespace),
+                *weights.fill_rbac(names.cache_name(w), namespace),
+                weights.fill_job(w, namespace, CONFIG.weights_image),
+            )
+        ],
         rayservice.rayservice(
             spec,
             name,
