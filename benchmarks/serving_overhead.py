@@ -34,7 +34,54 @@ def summary(latencies: list[float], tokens: int, wall: float) -> tuple[float, fl
     return tokens / wall, statistics.median(latencies)
 
 
-async def _drive(call, requests: int, concurrency: int) -> tuple[float, float]:
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) of this machine's processes, by a short name."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        cmd = " ".join(proc.info["cmdline"] or [])
+        name = proc.info["name"] or "?"
+        for key in (
+            "ServeReplica:alpaca:LLMServer",
+            "ServeReplica:alpaca:OpenAiIngress",
+            "ServeReplica:alpaca:AlpacaIngress",
+            "ProxyActor",
+            "ServeController",
+            "raylet",
+            "gcs_server",
+            "EngineCore",
+            "VLLM::Worker",
+        ):
+            if key in cmd or key in name:
+                name = key
+                break
+        else:
+            if proc.pid == os.getpid():
+                name = "benchmark client (this process)"
+            elif "ray::" in cmd or "ray/" in cmd:
+                name = "other Ray processes"
+            else:
+                name = "other"
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {
+        k: after.get(k, 0.0) - before.get(k, 0.0)
+        for k in after
+        if after.get(k, 0.0) - before.get(k, 0.0) > 0.05
+    }
+
+
+CPU: dict[str, dict[str, float]] = {}
+
+
+async def _drive(call, requests: int, concurrency: int, label: str = "") -> tuple[float, float]:
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     tokens = 0
@@ -43,13 +90,17 @@ async def _drive(call, requests: int, concurrency: int) -> tuple[float, float]:
         nonlocal tokens
         async with sem:
             t0 = time.perf_counter()
-            tokens += await call()
+            got = await call()  # awaited first: `tokens += await ...` reads tokens before the await
+            tokens += got
             latencies.append(time.perf_counter() - t0)
 
     await call()  # warm-up
+    cpu_before = _cpu_by_process()
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(requests)))
-    return summary(latencies, tokens, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    CPU[label] = _cpu_delta(cpu_before, _cpu_by_process()) | {"(wall seconds)": wall}
+    return summary(latencies, tokens, wall)
 
 
 def raw_engine(model: str, prompt: str, requests: int, concurrency: int) -> tuple[float, float]:
@@ -68,7 +119,7 @@ def raw_engine(model: str, prompt: str, requests: int, concurrency: int) -> tupl
         return len(final.outputs[0].token_ids) if final else 0
 
     try:
-        return asyncio.run(_drive(call, requests, concurrency))
+        return asyncio.run(_drive(call, requests, concurrency, "raw vLLM engine"))
     finally:
         engine.shutdown()
 
@@ -105,7 +156,7 @@ def ray_app(
             )
             return reply.usage.completion_tokens
 
-        return asyncio.run(_drive(call, requests, concurrency))
+        return asyncio.run(_drive(call, requests, concurrency, "Alpaca Ray app"))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -137,6 +188,11 @@ def main() -> int:
         print(
             f"throughput ratio (app/raw): {app_tps / raw_tps:.3f}   added p50: {(app_p50 - raw_p50) * 1000:.1f} ms"
         )
+        print("where the CPU time went during each measured run (seconds):")
+        for label, cpu in CPU.items():
+            print(f"  {label}:")
+            for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+                print(f"    {seconds:7.2f}  {name}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for name in set(os.listdir("/dev/shm")) - shm_before:  # left by the engine processes
