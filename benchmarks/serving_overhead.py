@@ -79,6 +79,44 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
 
 
 CPU: dict[str, dict[str, float]] = {}
+PEAK_RSS: dict[str, float] = {}
+
+
+class RssPeak:
+    """Samples the summed RSS of this process and the Ray / vLLM processes every 0.25 s."""
+
+    def __init__(self, label: str) -> None:
+        import threading
+
+        self.label, self.peak = label, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> float:
+        import psutil
+
+        total = 0
+        for proc in psutil.process_iter(["cmdline", "memory_info"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            mine = proc.pid == os.getpid()
+            if proc.info["memory_info"] and (
+                mine or any(k in cmd for k in ("ray", "VLLM", "vllm"))
+            ):
+                total += proc.info["memory_info"].rss
+        return total / 2**30
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, self._total())
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        PEAK_RSS[self.label] = self.peak
 
 
 async def _drive(call, requests: int, concurrency: int, label: str = "") -> tuple[float, float]:
@@ -180,14 +218,18 @@ def main() -> int:
             from tests.serving.tiny_llama import build_tiny_llama
 
             model = str(build_tiny_llama(Path(work) / "tiny"))
-        raw_tps, raw_p50 = raw_engine(model, PROMPT, args.requests, args.concurrency)
-        app_tps, app_p50 = ray_app(model, PROMPT, args.requests, args.concurrency, work)
+        with RssPeak("raw vLLM engine"):
+            raw_tps, raw_p50 = raw_engine(model, PROMPT, args.requests, args.concurrency)
+        with RssPeak("Alpaca Ray app"):
+            app_tps, app_p50 = ray_app(model, PROMPT, args.requests, args.concurrency, work)
         print(f"requests={args.requests} concurrency={args.concurrency} max_tokens={MAX_TOKENS}")
         print(f"raw vLLM engine : {raw_tps:8.1f} tokens/s   p50 {raw_p50 * 1000:7.1f} ms")
         print(f"Alpaca Ray app  : {app_tps:8.1f} tokens/s   p50 {app_p50 * 1000:7.1f} ms")
         print(
             f"throughput ratio (app/raw): {app_tps / raw_tps:.3f}   added p50: {(app_p50 - raw_p50) * 1000:.1f} ms"
         )
+        for label, peak in PEAK_RSS.items():
+            print(f"memory peak (summed RSS of its processes), {label}: {peak:.2f} GiB")
         print("where the CPU time went during each measured run (seconds):")
         for label, cpu in CPU.items():
             print(f"  {label}:")

@@ -204,6 +204,7 @@ def test_metrics_endpoint(control_plane, operator, namespace):
         if line.startswith('alpaca_reconcile_total{kind="AlpacaModel",result="ok"}')
     )
     assert count >= 1
+    print("\n".join(line for line in text.splitlines() if line.startswith("alpaca_")))
     assert 'alpaca_reconcile_duration_seconds_bucket{kind="AlpacaModel"' in text
     assert 'alpaca_objects{kind="AlpacaModel",phase=' in text
     assert 'alpaca_api_writes_total{kind="AlpacaModel"}' in text

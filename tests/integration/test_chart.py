@@ -202,6 +202,23 @@ def _used(audit_log: Path) -> set[tuple[str, str, str]]:
     return used
 
 
+def _caches(examples: tuple[str, ...]) -> set[str]:
+    """Every weights cache the examples use: models' weights and adapters, fine-tunes' bases."""
+    from alpaca_operator.api import AlpacaFineTuneSpec, AlpacaModelSpec
+    from alpaca_operator.render.names import cache_name
+
+    out = set()
+    for example in examples:
+        doc = yaml.safe_load((REPO / "examples" / example).read_text())
+        if doc["kind"] == "AlpacaModel":
+            spec = AlpacaModelSpec.model_validate(doc["spec"])
+            out.add(cache_name(spec.weights))
+            out |= {cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
+        else:
+            out.add(cache_name(AlpacaFineTuneSpec.model_validate(doc["spec"]).base_model))
+    return out
+
+
 def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_path):
     cp, helm = audited, _helm()
     install = subprocess.run(
@@ -221,6 +238,9 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
         timeout=120,
     )
     assert install.returncode == 0, install.stderr
+    print(
+        f"$ helm install {RELEASE} charts/alpaca-operator -n {NS} --create-namespace\n{install.stdout}"
+    )
     assert "kubectl get alpacamodels" in install.stdout  # NOTES.txt tells the next step
     cp.wait_established("alpacamodels.alpaca.dev", "alpacafinetunes.alpaca.dev")
     # The Deployment cannot run here (no kubelet): run the same operator as its ServiceAccount.
@@ -244,7 +264,8 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
         )
     try:
         cp.kubectl_run("create", "namespace", "team-a")
-        for example in ("alpaca.yaml", "alpaca-karpenter.yaml", "finetune.yaml"):
+        examples = ("alpaca.yaml", "alpaca-karpenter.yaml", "finetune.yaml")
+        for example in examples:
             cp.kubectl_run("apply", "-n", "team-a", "-f", str(REPO / "examples" / example))
 
         def fill_jobs() -> list[str] | None:
@@ -254,9 +275,10 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
             names = [
                 j["metadata"]["name"] for j in items if j["metadata"]["name"].endswith("-fill")
             ]
-            return names if len(names) == 3 else None  # three weights identities in the examples
+            return names if sorted(names) == expected else None
 
-        for job in _wait(fill_jobs, "the three fill Jobs"):
+        expected = sorted(f"{cache}-fill" for cache in _caches(examples))
+        for job in _wait(fill_jobs, f"the {len(expected)} fill Jobs (models and adapters)"):
             _complete_job(cp, "team-a", job)
         rs = _wait(lambda: _get(cp, "team-a", "rayservice", "alpaca-7b"), "RayService")
         assert rs["metadata"]["ownerReferences"][0]["kind"] == "AlpacaModel"
