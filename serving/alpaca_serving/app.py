@@ -33,10 +33,6 @@ def llm_config(config: ServingConfig) -> Any:
     if config.accelerator == "cpu":
         kwargs["accelerator_config"] = {"kind": "cpu"}
         kwargs["placement_group_config"] = {"bundles": [{"CPU": config.cpus_per_replica}]}
-        # Ray starts workers with OMP_NUM_THREADS=1; the CPU engine computes with OpenMP and
-        # would use one core of its bundle (measured: a third of the raw engine's throughput).
-        threads = str(max(1, int(config.cpus_per_replica)))
-        kwargs["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads}}
     else:
         engine.setdefault("tensor_parallel_size", max(config.gpus_per_replica, 1))
     return LLMConfig(

@@ -56,6 +56,24 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+RAY_LOGS = Path(
+    os.environ.get(
+        "ALPACA_RAY_LOGS", Path(__file__).resolve().parents[2] / ".pytest-tmp" / "ray-logs"
+    )
+)
+
+
+def _keep_logs(logs: Path) -> None:
+    """Ray's session logs (the engine's own traceback is only there) outlive the temp folder:
+    kept under .pytest-tmp/ray-logs (the newest three, until the next run clears it)."""
+    if not logs.is_dir():
+        return
+    dest = RAY_LOGS / time.strftime("%Y%m%d-%H%M%S")
+    shutil.copytree(logs, dest, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+    for old in sorted(RAY_LOGS.iterdir())[:-3]:  # the newest three sessions
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Served]:
     """The Alpaca app on a fresh Ray + Serve, answering on a free loopback port; everything
@@ -111,6 +129,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     finally:
         serve.shutdown()
         ray.shutdown()
+        _keep_logs(Path(tmp) / "r" / "session_latest" / "logs")
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
