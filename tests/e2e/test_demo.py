@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_operator.localdev.runtime import engine_shm_files
 from tests.conftest import k8s_bin_dir, thirdparty_crd_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serving, pytest.mark.xdist_group("serving")]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("psm_", "sem.mp-"))}
 
 
 def _demo_folders() -> set[str]:
@@ -26,7 +23,7 @@ def _demo_folders() -> set[str]:
 
 
 def test_demo_serves_smollm2_and_answers():
-    shm, folders = _shm(), _demo_folders()
+    shm, folders = engine_shm_files(), _demo_folders()
     done = subprocess.run(
         [
             *(sys.executable, "-m", "alpaca_operator.localdev.demo", "--once", "--repo", str(REPO)),
@@ -49,4 +46,4 @@ def test_demo_serves_smollm2_and_answers():
         assert condition in out
     answer = next(line for line in out.splitlines() if "assistant:" in line)
     assert "Paris" in answer
-    assert _shm() <= shm and _demo_folders() <= folders
+    assert engine_shm_files() <= shm and _demo_folders() <= folders

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_operator.localdev.runtime import engine_shm_files
+
 from .tiny_llama import build_tiny_llama
 
 ENGINE = {
@@ -37,10 +39,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("psm_", "sem.mp-"))}
 
 
 @dataclass
@@ -78,7 +76,7 @@ def _keep_logs(logs: Path) -> None:
 def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Served]:
     """The Alpaca app on a fresh Ray + Serve, answering on a free loopback port; everything
     it started and left (Ray's folder, the engines' /dev/shm files) is gone afterwards."""
-    shm_before = _shm()
+    shm_before = engine_shm_files()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}
     os.environ.update(
@@ -136,7 +134,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
             else:
                 os.environ[key] = value
         shutil.rmtree(tmp, ignore_errors=True)
-        for leftover in _shm() - shm_before:
+        for leftover in engine_shm_files() - shm_before:
             Path("/dev/shm", leftover).unlink(missing_ok=True)
 
 

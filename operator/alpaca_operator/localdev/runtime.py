@@ -44,7 +44,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _shm() -> set[str]:
+def engine_shm_files() -> set[str]:
+    """The /dev/shm files vLLM's engine processes make (a killed engine leaves them behind)."""
     try:
         return {n for n in os.listdir("/dev/shm") if n.startswith(("psm_", "sem.mp-"))}
     except OSError:
@@ -83,7 +84,7 @@ class LocalRuntime:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> LocalRuntime:
-        self._shm_before = _shm()
+        self._shm_before = engine_shm_files()
         self._thread = threading.Thread(target=self._loop, name="local-runtime", daemon=True)
         self._thread.start()
         return self
@@ -96,7 +97,9 @@ class LocalRuntime:
             if run.proc.poll() is None:
                 os.killpg(run.proc.pid, signal.SIGTERM)
                 stop_process(run.proc, timeout=30)
-        for leftover in _shm() - self._shm_before:  # what killed vLLM engines leave behind
+        for leftover in (
+            engine_shm_files() - self._shm_before
+        ):  # what killed vLLM engines leave behind
             Path("/dev/shm", leftover).unlink(missing_ok=True)
 
     def endpoint(self, rayservice: str) -> str | None:
