@@ -208,7 +208,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    shm_before = set(os.listdir("/dev/shm"))
+    from alpaca_operator.localdev.runtime import engine_shm_files, remove_orphaned_shm
+
+    shm_before = engine_shm_files()
     work = tempfile.mkdtemp(prefix="bench", dir="/tmp")
     os.environ.update(TMPDIR=work, VLLM_CACHE_ROOT=f"{work}/vllm")
     try:
@@ -237,9 +239,7 @@ def main() -> int:
                 print(f"    {seconds:7.2f}  {name}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for name in set(os.listdir("/dev/shm")) - shm_before:  # left by the engine processes
-            if name.startswith(("psm_", "sem.mp-")):
-                Path("/dev/shm", name).unlink(missing_ok=True)
+        remove_orphaned_shm(engine_shm_files() - shm_before)  # left by the engines
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.runtime import engine_shm_files
+from alpaca_operator.localdev.runtime import engine_shm_files, remove_orphaned_shm
 
 from .tiny_llama import build_tiny_llama
 
@@ -63,12 +63,12 @@ RAY_LOGS = Path(
 
 def _keep_logs(logs: Path) -> None:
     """Ray's session logs (the engine's own traceback is only there) outlive the temp folder:
-    kept under .pytest-tmp/ray-logs (the newest three, until the next run clears it)."""
+    kept under .pytest-tmp/ray-logs (the newest ten, until the next run clears it)."""
     if not logs.is_dir():
         return
     dest = RAY_LOGS / time.strftime("%Y%m%d-%H%M%S")
     shutil.copytree(logs, dest, ignore_dangling_symlinks=True, dirs_exist_ok=True)
-    for old in sorted(RAY_LOGS.iterdir())[:-3]:  # the newest three sessions
+    for old in sorted(RAY_LOGS.iterdir())[:-10]:  # the newest ten sessions
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -134,8 +134,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
             else:
                 os.environ[key] = value
         shutil.rmtree(tmp, ignore_errors=True)
-        for leftover in engine_shm_files() - shm_before:
-            Path("/dev/shm", leftover).unlink(missing_ok=True)
+        remove_orphaned_shm(engine_shm_files() - shm_before)
 
 
 # Up to two replicas, quick to react: a lone client never scales it, a crowd does.

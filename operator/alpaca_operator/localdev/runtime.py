@@ -52,6 +52,27 @@ def engine_shm_files() -> set[str]:
         return set()
 
 
+def _mapped_shm_files() -> set[str]:
+    """The /dev/shm files some live process still has mapped."""
+    out: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                for line in fh:
+                    if "/dev/shm/" in line:
+                        out.add(line.rsplit("/dev/shm/", 1)[1].split()[0])
+        except OSError:  # gone, or not ours to read
+            continue
+    return out
+
+
+def remove_orphaned_shm(candidates: set[str]) -> None:
+    """Remove those of `candidates` no live process maps: what engines we stopped left, never
+    the files of an engine still running beside us (another test, another demo)."""
+    for name in candidates - _mapped_shm_files():
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 @dataclass
 class _Run:
     """One local process standing in for a pod."""
@@ -97,10 +118,7 @@ class LocalRuntime:
             if run.proc.poll() is None:
                 os.killpg(run.proc.pid, signal.SIGTERM)
                 stop_process(run.proc, timeout=30)
-        for leftover in (
-            engine_shm_files() - self._shm_before
-        ):  # what killed vLLM engines leave behind
-            Path("/dev/shm", leftover).unlink(missing_ok=True)
+        remove_orphaned_shm(engine_shm_files() - self._shm_before)
 
     def endpoint(self, rayservice: str) -> str | None:
         """The local URL of a served RayService's OpenAI API, once it answers."""
