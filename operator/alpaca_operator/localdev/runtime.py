@@ -15,6 +15,7 @@ placement and security contexts, and serves each RayService on one local port.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -64,6 +65,20 @@ def _mapped_shm_files() -> set[str]:
         except OSError:  # gone, or not ours to read
             continue
     return out
+
+
+def _reap_group(pgid: int, timeout: float = 30.0) -> None:
+    """Wait for every process of a process group to exit; SIGKILL what is left at the end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    time.sleep(1.0)
 
 
 def remove_orphaned_shm(candidates: set[str]) -> None:
@@ -118,6 +133,7 @@ class LocalRuntime:
             if run.proc.poll() is None:
                 os.killpg(run.proc.pid, signal.SIGTERM)
                 stop_process(run.proc, timeout=30)
+            _reap_group(run.proc.pid)  # Ray's workers and vLLM's engines outlive the main process
         remove_orphaned_shm(engine_shm_files() - self._shm_before)
 
     def endpoint(self, rayservice: str) -> str | None:
