@@ -134,7 +134,14 @@ class LocalRuntime:
                 os.killpg(run.proc.pid, signal.SIGTERM)
                 stop_process(run.proc, timeout=30)
             _reap_group(run.proc.pid)  # Ray's workers and vLLM's engines outlive the main process
-        remove_orphaned_shm(engine_shm_files() - self._shm_before)
+        # vLLM's engine processes may sit outside the group and exit a little later: wait for
+        # their files to be orphaned (only when we ran an engine; never remove a live one's).
+        deadline = time.monotonic() + (30.0 if self.services else 0.0)
+        while True:
+            remove_orphaned_shm(engine_shm_files() - self._shm_before)
+            if not engine_shm_files() - self._shm_before or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
 
     def endpoint(self, rayservice: str) -> str | None:
         """The local URL of a served RayService's OpenAI API, once it answers."""
