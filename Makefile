@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SRC := $(wildcard operator serving training tests benchmarks)
+SRC := $(wildcard operator serving training weights dev tests benchmarks)
 export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 
 .DEFAULT_GOAL := help
@@ -15,10 +15,10 @@ export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[dev,weights]'
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[dev,weights]' -e ./dev
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev tools
@@ -44,7 +44,7 @@ test: venv k8s-bins serving-deps lint ## everything: unit, real apiserver, opera
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup
 
 demo: venv k8s-bins serving-deps ## control plane + operator + local runtime: SmolLM2 served, a chat answer printed; Ctrl-C stops it
-	$(PY) -m alpaca_operator.localdev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \
+	$(PY) -m alpaca_dev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \
 		--thirdparty-crds "$$(scripts/thirdparty.sh crds | tail -n 1)" $(if $(DEMO_ONCE),--once)
 
 clean: ## remove the venv and build leftovers (the binary cache outside the repo stays)

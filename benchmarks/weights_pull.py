@@ -57,7 +57,7 @@ def raw_copy(url: str, names: list[str], dest: Path, workers: int = 1) -> None:
 
 
 def fill(url: str, dest: Path) -> None:
-    from alpaca_operator.weights import cli
+    from alpaca_weights import cli
 
     code = cli.main(
         [

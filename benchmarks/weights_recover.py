@@ -3,7 +3,7 @@
 One run builds a float32 "base" and "diff" of the same layout (--shards safetensors shards of
 --shard-mib each), then runs, each in a fresh child process so that peak RSS is its own:
   - plain:   read every diff and base shard's bytes, write the diff's bytes out (no arithmetic);
-  - recover: `alpaca_operator.weights.recover.recover(diff, base, out)`.
+  - recover: `alpaca_weights.recover.recover(diff, base, out)`.
 Each child imports torch and safetensors first and measures from there (time, and peak RSS
 above its RSS after the imports). Prints recover's peak / the largest shard (goal <= 2) and
 recover's time / plain's (goal <= 1.5). Each runs --repeats times, alternating; medians.
@@ -75,7 +75,7 @@ def child(kind: str, root: Path) -> None:
             del diff
     elif kind == "recover":
         sys.path.insert(0, str(REPO / "operator"))
-        from alpaca_operator.weights.recover import recover
+        from alpaca_weights.recover import recover
 
         recover(root / "diff", root / "base", out)
     took = time.perf_counter() - started

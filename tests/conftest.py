@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.controlplane import ControlPlane
+from alpaca_dev.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parent.parent
 

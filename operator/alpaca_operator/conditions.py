@@ -9,6 +9,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from alpaca_weights import contract as weights_contract
+
 # Condition types, in stage order for an AlpacaModel.
 ACCEPTED = "Accepted"
 CAPACITY = "CapacityReady"
@@ -29,23 +31,10 @@ FAILURE_REASONS = frozenset(
         "InsufficientGPU",
         "NodePoolRejected",
         "FillFailed",
-        # the weights CLI's reasons (alpaca_operator.weights.errors.REASONS), when the Job failed
-        "InvalidSource",
-        "SourceNotFound",
-        "Unauthorized",
-        "DownloadStalled",
-        "DownloadFailed",
-        "ChecksumMismatch",
-        "SizeMismatch",
-        "NoSpaceLeft",
-        "PermissionDenied",
-        "CacheIdentityMismatch",
-        "ConversionFailed",
-        "RecoveryFailed",
-        "IntegrityCheckFailed",
-        "InternalError",
         "ServeDeployFailed",
     }
+    # the weights CLI's reasons, when its Job failed
+    | set(weights_contract.REASONS)
 )
 """Reasons that need a person to change something: phase Failed and a Warning Event."""
 

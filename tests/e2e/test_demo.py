@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.runtime import engine_shm_files
+from alpaca_dev.runtime import engine_shm_files
 from tests.conftest import k8s_bin_dir, thirdparty_crd_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serving, pytest.mark.xdist_group("serving")]
@@ -26,7 +26,7 @@ def test_demo_serves_smollm2_and_answers():
     shm, folders = engine_shm_files(), _demo_folders()
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "alpaca_operator.localdev.demo", "--once", "--repo", str(REPO)),
+            *(sys.executable, "-m", "alpaca_dev.demo", "--once", "--repo", str(REPO)),
             *("--bin-dir", str(k8s_bin_dir()), "--thirdparty-crds", str(thirdparty_crd_dir())),
         ],
         capture_output=True,

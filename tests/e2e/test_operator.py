@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from alpaca_operator.localdev.controlplane import free_port, stop_process, wait_for
+from alpaca_dev.controlplane import free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "e2e"  # the operator under test watches e2e-* only
@@ -215,7 +215,7 @@ def test_local_runtime_runs_the_fill_and_its_failure_reaches_the_status(
 ):
     """The local runtime (what `make demo` uses) runs the rendered fill Job's real command; a
     source that does not exist fails it, and the CLI's reason becomes the status's."""
-    from alpaca_operator.localdev.runtime import LocalRuntime
+    from alpaca_dev.runtime import LocalRuntime
 
     cp = control_plane
     models = tmp_path / "models"

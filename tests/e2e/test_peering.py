@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.controlplane import ControlPlane, free_port, stop_process, wait_for
+from alpaca_dev.controlplane import ControlPlane, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

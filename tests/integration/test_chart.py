@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alpaca_operator.localdev.controlplane import ControlPlane, free_port, stop_process, wait_for
+from alpaca_dev.controlplane import ControlPlane, free_port, stop_process, wait_for
 from alpaca_operator.rbac import RULES, clusterrole_template
 
 pytestmark = pytest.mark.cluster

@@ -12,10 +12,10 @@ import kubernetes
 import pytest
 import yaml
 
+from alpaca_dev.controlplane import ControlPlane, wait_for
 from alpaca_operator.api import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
-from alpaca_operator.localdev.controlplane import ControlPlane, wait_for
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.model import ModelContext, run_model
 from alpaca_operator.reconcile.serving import application_for

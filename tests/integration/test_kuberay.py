@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from alpaca_dev.controlplane import free_port, stop_process
 from alpaca_operator.api import AlpacaModelSpec
-from alpaca_operator.localdev.controlplane import free_port, stop_process
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.render import capacity, names, rayservice
 
@@ -58,7 +58,7 @@ def kuberay(control_plane, thirdparty_crds, tmp_path_factory) -> Iterator[subpro
 def gc_kuberay_plane(control_plane, thirdparty_crds, tmp_path_factory):
     """A control plane with the garbage collector and KubeRay running: pods of a deleted
     RayCluster really go, as in a cluster."""
-    from alpaca_operator.localdev.controlplane import ControlPlane
+    from alpaca_dev.controlplane import ControlPlane
 
     with ControlPlane(bin_dir=control_plane.bin_dir, workdir=tmp_path_factory.mktemp("gckr")) as cp:
         cp.kubectl_run("apply", "--server-side", "-f", str(thirdparty_crds), timeout=120)

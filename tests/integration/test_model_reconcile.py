@@ -331,7 +331,7 @@ def test_stage_deadlines_have_their_own_reasons(control_plane, ctx, namespace):
 @pytest.fixture(scope="module")
 def bare_control_plane(tmp_path_factory, control_plane):
     """A second control plane with only our CRDs: no KubeRay, no Karpenter."""
-    from alpaca_operator.localdev.controlplane import ControlPlane
+    from alpaca_dev.controlplane import ControlPlane
 
     with ControlPlane(bin_dir=control_plane.bin_dir, workdir=tmp_path_factory.mktemp("bare")) as cp:
         cp.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))

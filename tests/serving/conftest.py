@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.localdev.runtime import engine_shm_files, remove_orphaned_shm
+from alpaca_dev.runtime import engine_shm_files, remove_orphaned_shm
 
 from .tiny_llama import build_tiny_llama
 

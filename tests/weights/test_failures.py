@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.weights import cli, errors
+from alpaca_weights import cli, errors
 from tests.weights.helpers import TOTAL, no_marker, read_term, same_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_folder_of_another_user_is_permission_denied(served, tmp_path, term_log)
     done = subprocess.run(
         [
             *(setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", sys.executable),
-            *("-m", "alpaca_operator.weights.cli", "--termination-log", str(term_log)),
+            *("-m", "alpaca_weights.cli", "--termination-log", str(term_log)),
             *("fill", "--source", f"{served.url}/models/tiny/", "--dest", str(dest)),
         ],
         capture_output=True,
@@ -67,7 +67,7 @@ def test_folder_of_another_user_is_permission_denied(served, tmp_path, term_log)
 def test_two_fills_of_one_cache_download_once(served, tmp_path):
     dest = tmp_path / "cache"
     served.faults.delay = 0.15  # the first fill takes about two seconds
-    cmd = [sys.executable, "-m", "alpaca_operator.weights.cli"]
+    cmd = [sys.executable, "-m", "alpaca_weights.cli"]
     fill = ["fill", "--source", f"{served.url}/models/tiny/", "--dest", str(dest)]
     procs = []
     for i in range(2):

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from alpaca_operator.weights import cli, errors
+from alpaca_weights import cli, errors
 from tests.weights.helpers import TOTAL, no_marker, read_term, same_tree
 
 BIG = "models/tiny/model-00001-of-00002.safetensors"

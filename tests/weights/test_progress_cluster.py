@@ -9,7 +9,7 @@ import pytest
 
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names, weights
-from alpaca_operator.weights import cli
+from alpaca_weights import cli
 from tests.weights.helpers import TOTAL, read_term
 
 pytestmark = pytest.mark.cluster

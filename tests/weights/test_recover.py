@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_operator.weights import cli, convert, errors, recover
+from alpaca_weights import cli, convert, errors, recover
 from tests.weights.helpers import no_marker, read_term
 from tests.weights.servers import FileServer
 
@@ -134,7 +134,7 @@ def test_fill_with_a_wrong_checksum_leaves_no_marked_cache(
 def test_tensorfile_round_trips_with_the_safetensors_library(tmp_path):
     from safetensors import safe_open
 
-    from alpaca_operator.weights import tensorfile
+    from alpaca_weights import tensorfile
 
     tensors = {
         "b.weight": torch.randn(3, 5).to(torch.bfloat16),
@@ -159,7 +159,7 @@ def test_tensorfile_round_trips_with_the_safetensors_library(tmp_path):
 
 
 def test_tensorfile_writer_refuses_out_of_order_or_missing_tensors(tmp_path):
-    from alpaca_operator.weights import tensorfile
+    from alpaca_weights import tensorfile
 
     layout = [("a", "F32", (2,)), ("b", "F32", (2,))]
     writer = tensorfile.Writer(tmp_path / "x.safetensors", layout, {})

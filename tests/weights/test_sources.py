@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from alpaca_operator.weights import cli, errors
+from alpaca_weights import cli, errors
 from tests.weights.helpers import no_marker, read_term, same_tree
 from tests.weights.servers import COMMIT
 

@@ -19,6 +19,7 @@ from alpaca_operator.conditions import (
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
 from alpaca_operator.render.weights import FILL_RETRIES, FILLED_ANNOTATION
+from alpaca_weights import contract
 
 KUBERAY_INSTALL = (
     "install the KubeRay operator (for example: helm install kuberay-operator "
@@ -143,9 +144,9 @@ def capacity(spec: AlpacaModelSpec, children: ModelChildren, selector: dict[str,
 
 # What the weights CLI says it is doing after the download (its `alpaca.dev/fill-phase`).
 FILL_PHASES = {
-    "converting": ("Converting", "Converting PyTorch .bin checkpoints to safetensors"),
-    "recovering": ("Recovering", "Recovering the model from its weight diff and base"),
-    "verifying": ("Verifying", "Writing the manifest (sizes, sha256) of the weights"),
+    contract.PHASE_CONVERTING: ("Converting", "Converting PyTorch .bin checkpoints to safetensors"),
+    contract.PHASE_RECOVERING: ("Recovering", "Recovering the model from its weight diff and base"),
+    contract.PHASE_VERIFYING: ("Verifying", "Writing the manifest (sizes, sha256) of the weights"),
 }
 
 
@@ -159,10 +160,8 @@ def _bytes(n: float) -> str:
 
 def _fill_failure(message: str | None) -> tuple[str, str]:
     """The weights CLI writes `Reason: message` as its termination message."""
-    if message and ":" in message:
-        reason, _, text = message.partition(":")
-        if reason.isalnum() and reason[:1].isupper():
-            return reason, text.strip()
+    if parsed := contract.parse_termination_message(message):
+        return parsed
     return "FillFailed", (message or "the fill Job failed; see its pod logs").strip()
 
 
@@ -189,8 +188,8 @@ def weights(spec: Weights, state: CacheState) -> Verdict:
             "False", "CacheVerifying", f"The fill Job finished; marking {cache} as filled."
         )
     progress = job["metadata"].get("annotations") or {}
-    done, total = progress.get("alpaca.dev/bytes-done"), progress.get("alpaca.dev/bytes-total")
-    phase = progress.get("alpaca.dev/fill-phase", "")
+    done, total = progress.get(contract.ANNOTATION_DONE), progress.get(contract.ANNOTATION_TOTAL)
+    phase = progress.get(contract.ANNOTATION_PHASE, "")
     if phase in FILL_PHASES:
         reason, text = FILL_PHASES[phase]
         return Verdict("False", reason, f"{text} into {cache}.")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-
 from alpaca_operator.api.weights import Weights
+from alpaca_weights import contract
 
 PART_OF = "alpaca-operator"
 LABEL_MODEL = "alpaca.dev/model"
@@ -16,26 +13,17 @@ LABEL_NODEPOOL = "alpaca.dev/nodepool"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
-def _slug(text: str, limit: int) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].strip("-") or "x"
-
-
-def _digest(*parts: object, length: int = 10) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:length]
-
-
 def weights_identity(weights: Weights) -> dict[str, object]:
-    """What makes two weights the same cache: where from, which revision, how recovered/converted."""
-    identity: dict[str, object] = {
-        "source": weights.source.rstrip("/"),
-        "revision": weights.revision,
-        "convertToSafetensors": weights.convert_to_safetensors,
-    }
-    if weights.recover is not None:
-        identity["recoverBase"] = weights.recover.base.rstrip("/")
-        identity["recoverBaseRevision"] = weights.recover.base_revision
-    return identity
+    """What makes two weights the same cache (the weights CLI computes the same, from the
+    shared contract)."""
+    recover = weights.recover
+    return contract.identity(
+        weights.source,
+        weights.revision,
+        recover.base if recover is not None else None,
+        recover.base_revision if recover is not None else None,
+        weights.convert_to_safetensors,
+    )
 
 
 def cache_name(weights: Weights) -> str:
@@ -43,18 +31,11 @@ def cache_name(weights: Weights) -> str:
 
     Stable across operator restarts and releases; `weights-alpaca-7b-wdiff-1a2b3c4d5e`.
     """
-    stem = _slug(weights.source.rstrip("/").rsplit("/", 1)[-1], 30)
-    return f"weights-{stem}-{_digest(weights_identity(weights))}"
+    return contract.key_of(weights_identity(weights))
 
 
-def fill_job_name(cache: str) -> str:
-    """One fill Job per cache: two users applied at once produce one Job."""
-    return f"{cache}-fill"
-
-
-def fill_account_name(cache: str) -> str:
-    """The fill pod's ServiceAccount (and its Role and RoleBinding)."""
-    return f"{cache}-fill"
+fill_job_name = contract.fill_job_name
+fill_account_name = contract.fill_account_name
 
 
 def nodepool_name(namespace: str, name: str) -> str:
@@ -62,7 +43,7 @@ def nodepool_name(namespace: str, name: str) -> str:
     full = f"alpaca-{namespace}-{name}"
     if len(full) <= 63:
         return full
-    return f"{full[:52].rstrip('-')}-{_digest(namespace, name)}"
+    return f"{full[:52].rstrip('-')}-{contract.digest(namespace, name)}"
 
 
 def rayservice_name(name: str) -> str:

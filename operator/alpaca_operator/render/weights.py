@@ -7,11 +7,11 @@ from typing import Any
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
 from alpaca_operator.render.security import container_security, pod_security
+from alpaca_weights import contract
 
 CACHE_MOUNT = "/cache"
 FILLED_ANNOTATION = "alpaca.dev/filled"
 FILL_RETRIES = 4  # downloads resume, so a retry continues where the last one stopped
-FILL_FAILED_EXIT_CODE = 3  # the weights CLI's code for a failure a retry cannot fix
 
 
 def cache_pvc(weights: Weights, namespace: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
             {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/.hf"},
             {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
             # where the CLI publishes its progress (annotations on this Job)
-            {"name": "ALPACA_WEIGHTS_JOB", "value": names.fill_job_name(cache)},
+            {"name": contract.JOB_ENV, "value": names.fill_job_name(cache)},
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -165,7 +165,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
                         "onExitCodes": {
                             "containerName": "fill",
                             "operator": "In",
-                            "values": [FILL_FAILED_EXIT_CODE],
+                            "values": [contract.EXIT_PERMANENT],
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

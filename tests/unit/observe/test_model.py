@@ -117,7 +117,7 @@ def test_the_cli_phase_after_the_download_is_the_reason():
 
 def test_every_cli_failure_reason_is_a_failure_reason_of_the_status():
     from alpaca_operator.conditions import FAILURE_REASONS
-    from alpaca_operator.weights import errors
+    from alpaca_weights import errors
 
     assert set(errors.REASONS) <= FAILURE_REASONS
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.localdev.controlplane import ControlPlane
-from alpaca_operator.localdev.runtime import LocalRuntime
+from alpaca_dev.controlplane import ControlPlane
+from alpaca_dev.runtime import LocalRuntime
 
 EXAMPLE = "alpaca-local.yaml"
 MODEL = "smollm2"
@@ -85,7 +85,7 @@ def _chat(base_url: str) -> str:
 
 
 def run(bin_dir: Path, repo: Path, once: bool, thirdparty_crds: Path, timeout: float = 1200) -> int:
-    from alpaca_serving.smollm2 import ensure_smollm2
+    from alpaca_dev.smollm2 import ensure_smollm2
 
     workdir = Path(tempfile.mkdtemp(prefix="alpaca-demo-"))
     cp = ControlPlane(bin_dir=bin_dir, workdir=workdir)

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from alpaca_operator.weights import errors
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import errors
+from alpaca_weights.errors import WeightsError
 
 CHUNK = 1 << 20
 _local = threading.local()

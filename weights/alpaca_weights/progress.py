@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import manifest
+from alpaca_weights import manifest
+from alpaca_weights.contract import ANNOTATION_DONE, ANNOTATION_PHASE, ANNOTATION_TOTAL, JOB_ENV
 
-ANNOTATION_DONE = "alpaca.dev/bytes-done"
-ANNOTATION_TOTAL = "alpaca.dev/bytes-total"
-ANNOTATION_PHASE = "alpaca.dev/fill-phase"
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -71,7 +69,7 @@ class Progress:
 
 def job_patcher(env: dict[str, str]) -> Callable[[dict[str, Any]], None] | None:
     """A function patching the fill Job's progress annotations, when running in a cluster Job."""
-    job = env.get("ALPACA_WEIGHTS_JOB")
+    job = env.get(JOB_ENV)
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
     account = Path(env.get("ALPACA_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT)
     token_file = account / "token"

@@ -33,11 +33,11 @@ from typing import Any
 
 import yaml
 
-from alpaca_operator.localdev.controlplane import ControlPlane, free_port, stop_process
+from alpaca_dev.controlplane import ControlPlane, free_port, stop_process
 
 FILL_LABEL = "app.kubernetes.io/name=alpaca-weights"
 COMMANDS = {
-    "alpaca-weights": [sys.executable, "-m", "alpaca_operator.weights.cli"],
+    "alpaca-weights": [sys.executable, "-m", "alpaca_weights.cli"],
 }
 
 

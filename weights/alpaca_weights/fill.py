@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import cache, convert, download, errors, manifest, sources
-from alpaca_operator.weights.errors import WeightsError
-from alpaca_operator.weights.progress import Progress
+from alpaca_weights import cache, contract, convert, download, errors, manifest, sources
+from alpaca_weights.errors import WeightsError
+from alpaca_weights.progress import Progress
 
 
 @dataclass
@@ -85,14 +85,14 @@ def _plain(req: FillRequest, progress: Progress) -> dict[str, str]:
         req.settings,
     )
     if req.to_safetensors and convert.checkpoint_bins(req.dest):
-        progress.set_phase("converting")
+        progress.set_phase(contract.PHASE_CONVERTING)
         convert.convert_folder(req.dest)
     return shas
 
 
 def _recovered(req: FillRequest, progress: Progress) -> float | None:
     """Download the diff and the base into staging, then recover the model into the cache root."""
-    from alpaca_operator.weights import recover
+    from alpaca_weights import recover
 
     assert req.recover_base is not None
     staging = manifest.staging_dir(req.dest)
@@ -104,11 +104,11 @@ def _recovered(req: FillRequest, progress: Progress) -> float | None:
     for src, files, name in ((diff_src, diff_files, "diff"), (base_src, base_files, "base")):
         parts = staging / f"{name}.parts"
         download.fetch(src, files, staging / name, parts, progress, req.settings, counted=True)
-    progress.set_phase("converting")
+    progress.set_phase(contract.PHASE_CONVERTING)
     for name in ("diff", "base"):
         if convert.checkpoint_bins(staging / name):
             convert.convert_folder(staging / name)
-    progress.set_phase("recovering")
+    progress.set_phase(contract.PHASE_RECOVERING)
     return recover.recover(staging / "diff", staging / "base", req.dest, req.expected_checksum)
 
 
@@ -134,7 +134,7 @@ def fill(req: FillRequest, progress: Progress) -> FillResult:
             shas = _plain(req, progress)
         else:
             checksum = _recovered(req, progress)
-        progress.set_phase("verifying")
+        progress.set_phase(contract.PHASE_VERIFYING)
         try:
             data = manifest.build(req.dest, ident, shas)
             if checksum is not None:

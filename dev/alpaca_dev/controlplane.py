@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from alpaca_operator.localdev.pki import Pki, write_pki
+from alpaca_dev.pki import Pki, write_pki
 
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
 

@@ -17,11 +17,11 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_operator.weights import errors
-from alpaca_operator.weights.errors import WeightsError
-from alpaca_operator.weights.httpfetch import Transient
-from alpaca_operator.weights.progress import Progress
-from alpaca_operator.weights.sources import RemoteFile, Source
+from alpaca_weights import errors
+from alpaca_weights.errors import WeightsError
+from alpaca_weights.httpfetch import Transient
+from alpaca_weights.progress import Progress
+from alpaca_weights.sources import RemoteFile, Source
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from alpaca_operator.weights import cache, errors, manifest
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import cache, contract, errors, manifest
+from alpaca_weights.errors import WeightsError
 
 TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fill(args: argparse.Namespace) -> str:
-    from alpaca_operator.weights import download, fill, progress
+    from alpaca_weights import download, fill, progress
 
     req = fill.FillRequest(
         source=args.source,
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> str:
         manifest.require_verified(args.dest)
         return f"Verified: {args.dest}"
     if args.command == "recover":
-        from alpaca_operator.weights import convert, recover
+        from alpaca_weights import convert, recover
 
         for folder in (args.diff, args.base):
             convert.convert_folder(folder)
@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace) -> str:
             args.diff, args.base, args.out, args.expected_checksum, args.dtype
         )
         return f"Recovered: {args.out}, checksum {checksum:.4f}"
-    from alpaca_operator.weights import convert
+    from alpaca_weights import convert
 
     written = convert.convert_folder(args.folder)
     return f"Converted: {len(written)} files"
@@ -153,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = _run(args)
     except WeightsError as exc:
-        message = f"{exc.reason}: {exc.message}"
+        message = contract.termination_message(exc.reason, exc.message)
         print(f"[alpaca-weights] {message}", file=sys.stderr, flush=True)
         _terminate(args.termination_log, message)
         return exc.exit_code
     except Exception as exc:
         traceback.print_exc()
-        _terminate(args.termination_log, f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}")
+        _terminate(
+            args.termination_log,
+            contract.termination_message(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+        )
         return errors.EXIT_RETRY
     print(summary, flush=True)
     if args.command == "fill":

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import errors
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import errors
+from alpaca_weights.errors import WeightsError
 
 STATE_DIR = ".alpaca"
 MARKER = "complete"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from alpaca_operator.weights import errors, httpfetch
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import errors, httpfetch
+from alpaca_weights.errors import WeightsError
 
 CHUNK = 1 << 20
 SKIPPED = (".gitattributes", ".alpaca/*", ".git/*", ".cache/*", ".hf/*")

@@ -23,9 +23,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import errors, tensorfile
-from alpaca_operator.weights.convert import KEY_ORDER, SAFE_INDEX
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import errors, tensorfile
+from alpaca_weights.convert import KEY_ORDER, SAFE_INDEX
+from alpaca_weights.errors import WeightsError
 
 ATOL = 1e-2
 ALPACA_7B_CHECKSUM = 50637.1836

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alpaca_operator.weights import errors
-from alpaca_operator.weights.errors import WeightsError
+from alpaca_weights import errors
+from alpaca_weights.errors import WeightsError
 
 BIN_INDEX = "pytorch_model.bin.index.json"
 SAFE_INDEX = "model.safetensors.index.json"

