@@ -178,7 +178,6 @@ def ray_app(
             "model_path": model,
             "served_model_name": "m",
             "accelerator": "cpu",
-            "work_dir": f"{work}/w",
             "engine_kwargs": ENGINE,
         }
         serve.run(build_app(config), name="alpaca", route_prefix="/")
@@ -217,7 +216,7 @@ def main() -> int:
         model = args.model
         if model is None:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from tests.serving.tiny_llama import build_tiny_llama
+            from tests.tiny_llama import build_tiny_llama
 
             model = str(build_tiny_llama(Path(work) / "tiny"))
         with RssPeak("raw vLLM engine"):

@@ -123,7 +123,7 @@ def main() -> int:
 
         from alpaca_training.config import TrainConfig
         from tests.training.conftest import make_config
-        from tests.training.tiny_model import FIXTURE, build_tiny_llama
+        from tests.tiny_llama import FIXTURE, build_tiny_llama
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

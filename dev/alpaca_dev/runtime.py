@@ -380,7 +380,6 @@ class LocalRuntime:
         args = json.loads(json.dumps(app.get("args", {})))
         args["model_path"] = self.local(args["model_path"], mounts)
         work = Path(f"/tmp/alpaca-rt-{os.getpid()}-{name}")  # short: Ray's socket paths are limited
-        args["work_dir"] = str(work / "work")
         for adapter in args.get("adapters") or []:
             adapter["path"] = self.local(adapter["path"], mounts)
         cfg = self.root / "serve" / f"{name}.yaml"

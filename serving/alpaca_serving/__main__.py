@@ -7,7 +7,6 @@ python -m alpaca_serving serve --config serving.yaml
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,11 @@ def config_from(args: argparse.Namespace) -> ServingConfig:
     if args.cpu:
         data["accelerator"] = "cpu"
         data.setdefault("engine_kwargs", dict(CPU_ENGINE))
-    data.setdefault("work_dir", str(Path(tempfile.gettempdir()) / "alpaca-serving"))
+    # on a workstation the builder and the replicas share this disk: relative paths are fine here
+    if data.get("model_path"):
+        data["model_path"] = str(Path(data["model_path"]).resolve())
+    for adapter in data.get("adapters") or []:
+        adapter["path"] = str(Path(adapter["path"]).resolve())
     return ServingConfig.model_validate(data)
 
 

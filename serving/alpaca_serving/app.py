@@ -1,23 +1,29 @@
 """The Ray Serve LLM application: vLLM behind Ray Serve's OpenAI-compatible API, with the
-Alpaca prompt format. Ray Serve LLM does the serving; this module only builds its config."""
+Alpaca prompt format. Ray Serve LLM does the serving; this module only builds its config.
+
+The builder runs where Ray Serve imports the application (the head of a RayService); the
+engine runs in an LLMServer replica, usually on another node (a GPU worker pod) with another
+filesystem. So the config carries nothing that exists only on the builder's disk: the chat
+template travels as text (vLLM's `chat_template` frontend argument takes the template itself),
+and the model and adapter folders are paths on the shared cache volumes every pod mounts.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from alpaca_serving.config import ServingConfig
-from alpaca_serving.tokenizer import prepare_tokenizer
+from alpaca_serving.templates import chat_template_for
 
 
 def llm_config(config: ServingConfig) -> Any:
-    """Ray Serve LLM's LLMConfig for our config (the tokenizer prepared on this node)."""
+    """Ray Serve LLM's LLMConfig for our config."""
     from ray.serve.llm import LLMConfig
 
     engine = dict(config.engine_kwargs)
-    engine["tokenizer"] = prepare_tokenizer(
-        config.model_path, config.prompt_template, config.work_dir
-    )
+    template = chat_template_for(config.prompt_template)
+    if template is not None:
+        engine["chat_template"] = template
     kwargs: dict[str, Any] = {}
     if config.adapters:
         from alpaca_serving.adapters import ADAPTERS_KEY, AlpacaLLMServer
@@ -25,14 +31,19 @@ def llm_config(config: ServingConfig) -> Any:
         # Ray's multiplexing (N adapters per replica, LRU) with adapters read from folders
         kwargs["lora_config"] = {"max_num_adapters_per_replica": config.max_adapters_per_replica}
         kwargs["server_cls"] = AlpacaLLMServer
-        kwargs["experimental_configs"] = {
-            ADAPTERS_KEY: {a.name: str(Path(a.path).resolve()) for a in config.adapters}
-        }
+        kwargs["experimental_configs"] = {ADAPTERS_KEY: {a.name: a.path for a in config.adapters}}
         engine.setdefault("enable_lora", True)
         engine.setdefault("max_loras", min(config.max_adapters_per_replica, 8))
+    deployment: dict[str, Any] = {
+        "autoscaling_config": config.autoscaling.model_dump(exclude_none=True)
+    }
     if config.accelerator == "cpu":
         kwargs["accelerator_config"] = {"kind": "cpu"}
+        # The engine's bundle is the replica's CPUs; the replica actor beside it asks for none
+        # (Ray adds the actor's CPUs to the bundle: 1 more would not fit a worker pod that has
+        # exactly the replica's CPUs).
         kwargs["placement_group_config"] = {"bundles": [{"CPU": config.cpus_per_replica}]}
+        deployment["ray_actor_options"] = {"num_cpus": 0}
     else:
         engine.setdefault("tensor_parallel_size", max(config.gpus_per_replica, 1))
     return LLMConfig(
@@ -41,7 +52,7 @@ def llm_config(config: ServingConfig) -> Any:
             "model_source": config.model_path,
         },
         engine_kwargs=engine,
-        deployment_config={"autoscaling_config": config.autoscaling.model_dump(exclude_none=True)},
+        deployment_config=deployment,
         log_engine_metrics=True,
         **kwargs,
     )

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _absolute_path(value: str, field: str) -> str:
+    """The builder and the replicas run on different nodes: a relative path would resolve
+    against a different folder on each."""
+    if not value.startswith("/"):
+        raise ValueError(f"{field} must be an absolute path (got {value!r})")
+    return value
 
 
 class Adapter(BaseModel):
@@ -20,7 +28,15 @@ class Adapter(BaseModel):
     name: str = Field(
         description="Adapter name; clients ask for `<model>:<name>` (Ray Serve LLM's naming)."
     )
-    path: str = Field(description="Local folder with adapter_config.json and the adapter weights.")
+    path: str = Field(
+        description="Absolute path of the folder with adapter_config.json and the weights, "
+        "as every replica's node sees it (a shared cache volume)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value, "adapters[].path")
 
 
 class Autoscaling(BaseModel):
@@ -55,7 +71,10 @@ class ServingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str = Field(description="Local folder with the model in Hugging Face format.")
+    model_path: str = Field(
+        description="Absolute path of the folder with the model in Hugging Face format, as "
+        "every replica's node sees it (a shared cache volume)."
+    )
     served_model_name: str = Field(description="The model name in the OpenAI API.")
     prompt_template: Literal["alpaca", "none"] | str = Field(
         default="alpaca",
@@ -79,7 +98,8 @@ class ServingConfig(BaseModel):
     cpus_per_replica: float = Field(
         default=2.0, gt=0, description="CPUs one replica's bundle reserves (cpu accelerator)."
     )
-    work_dir: str = Field(
-        default="/tmp/alpaca-serving",
-        description="Writable folder for the prepared tokenizer and adapter links.",
-    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value, "model_path")

@@ -56,3 +56,13 @@ def alpaca_chat_template() -> str:
         "{%- endif -%}"
         "{%- endfor -%}"
     )
+
+
+def chat_template_for(prompt_template: str) -> str | None:
+    """The Jinja chat template a `prompt_template` setting stands for: Stanford Alpaca's for
+    `alpaca`, None (the model's own) for `none`, anything else is a Jinja template itself."""
+    if prompt_template == "none":
+        return None
+    if prompt_template == "alpaca":
+        return alpaca_chat_template()
+    return prompt_template

@@ -1,12 +1,17 @@
-"""Real Ray Serve LLM + vLLM (CPU build) serving a tiny random Llama: one application for the
-whole module, stopped in teardown with everything it left in /dev/shm and /tmp."""
+"""Real Ray Serve LLM + vLLM (CPU build) serving a tiny random Llama and a LoRA adapter trained
+here, laid out as a RayService lays them out: the app is built on a head node that runs no
+replica, and every replica runs on a worker node that does not share the head's /tmp (its own
+mount namespace with a fresh tmpfs there, as another pod would). One application for all the
+serving tests, stopped in teardown with everything it left in /dev/shm and /tmp."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_dev.controlplane import free_port
 from alpaca_dev.runtime import engine_shm_files, remove_orphaned_shm
-
-from .tiny_llama import build_tiny_llama
+from tests.tiny_llama import FIXTURE, build_tiny_llama
+from tests.training.conftest import PYTHON, make_config, subprocess_env
 
 ENGINE = {
     "dtype": "bfloat16",
@@ -25,6 +31,23 @@ ENGINE = {
     "enforce_eager": True,
     "kv_cache_memory_bytes": 256 * 2**20,
 }
+MODEL, ADAPTER = "tiny", "alpaca-lora"
+WORKER_CPUS = 8  # logical: two replicas of a 2-CPU bundle (plus the replica actor) fit
+# Up to two replicas, quick to react: a lone client never scales it, a crowd does.
+SCALABLE = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 5,
+    "metrics_interval_s": 1,
+    "look_back_period_s": 2,
+}
+RAY_LOGS = Path(
+    os.environ.get(
+        "ALPACA_RAY_LOGS", Path(__file__).resolve().parents[2] / ".pytest-tmp" / "ray-logs"
+    )
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,47 +58,142 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("serving"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Served:
     base_url: str
     model: str
     model_path: Path
-    metrics_url: str
+    metrics_url: str  # the head's: Serve's proxy counts requests there
+    engine_metrics_url: str  # the worker's: the replicas' (vLLM's) metrics
+    builder_tmp: Path  # the head's temporary folder, which the worker node cannot see
+    worker: WorkerNode
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-RAY_LOGS = Path(
-    os.environ.get(
-        "ALPACA_RAY_LOGS", Path(__file__).resolve().parents[2] / ".pytest-tmp" / "ray-logs"
+def tiny_with_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base, adapter): the tiny Llama and a LoRA adapter fine-tuned on the Alpaca fixture by
+    alpaca_training's own recipe."""
+    root = tmp_path_factory.mktemp("lora")
+    base = build_tiny_llama(root / "base")
+    data = root / "data"
+    data.mkdir()
+    (data / FIXTURE.name).write_text(FIXTURE.read_text())
+    config = make_config(base, data, root / "out", method="lora")
+    done = subprocess.run(
+        [PYTHON, "-m", "alpaca_training"],
+        env=subprocess_env(config, root),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return base, root / "out" / "final"
 
 
-def _keep_logs(logs: Path) -> None:
+def _keep_logs(logs: Path, name: str) -> None:
     """Ray's session logs (the engine's own traceback is only there) outlive the temp folder:
     kept under .pytest-tmp/ray-logs (the newest ten, until the next run clears it)."""
     if not logs.is_dir():
         return
-    dest = RAY_LOGS / time.strftime("%Y%m%d-%H%M%S")
+    dest = RAY_LOGS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     shutil.copytree(logs, dest, ignore_dangling_symlinks=True, dirs_exist_ok=True)
     for old in sorted(RAY_LOGS.iterdir())[:-10]:  # the newest ten sessions
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _isolated() -> bool:
+    """A private mount namespace needs root (CAP_SYS_ADMIN) and util-linux's unshare."""
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@dataclass
+class WorkerNode:
+    proc: subprocess.Popen[bytes]
+    temp_dir: str  # Ray's folder of this node, as the node sees it
+    namespace: str | None  # its mount namespace ("mnt:[...]"), when isolated
+
+    @property
+    def root(self) -> str:
+        """Where this process sees the node's filesystem (/proc/PID/root enters its namespace)."""
+        return f"/proc/{self.proc.pid}/root" if self.namespace else ""
+
+
+def _start_worker_node(gcs: str, tmp: str, metrics_port: int) -> WorkerNode:
+    """`ray start` joining the head, in its own mount namespace whose /tmp is a fresh tmpfs:
+    nothing the builder wrote under /tmp is there (as in another pod)."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    temp_dir = f"{tmp}/w"
+    command = [
+        *(ray, "start", f"--address={gcs}", f"--num-cpus={WORKER_CPUS}", "--block"),
+        *(f"--temp-dir={temp_dir}", f"--metrics-export-port={metrics_port}"),
+        "--disable-usage-stats",
+    ]
+    if _isolated():
+        script = (
+            'mount -t tmpfs -o mode=1777 alpaca-worker-tmp /tmp && mkdir -p "$TMPDIR" && exec "$@"'
+        )
+        unshare = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+        command = [*unshare, "worker", *command]
+    with open(f"{tmp}/worker-node.log", "wb") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    namespace = None
+    if _isolated():
+        ours = os.readlink("/proc/self/ns/mnt")
+        deadline = time.monotonic() + 30
+        while (namespace := os.readlink(f"/proc/{proc.pid}/ns/mnt")) == ours:
+            assert proc.poll() is None and time.monotonic() < deadline, "unshare did not start"
+            time.sleep(0.05)
+    return WorkerNode(proc, temp_dir, namespace)
+
+
+def _namespace_processes(namespace: str | None) -> set[int]:
+    """Every process in a mount namespace (the worker node's)."""
+    if namespace is None:
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                    found.add(int(entry))
+    return found
+
+
+def _stop_worker_node(node: WorkerNode) -> None:
+    """Keep its logs, stop it, and make sure nothing it started survives (its namespace and
+    the tmpfs go with the last of its processes)."""
+    _keep_logs(Path(f"{node.root}{node.temp_dir}/session_latest/logs"), "worker")
+    node.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the node's processes
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        node.proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while left := _namespace_processes(node.namespace):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, f"worker node processes left: {sorted(left)}"
+        time.sleep(0.2)
+    node.proc.wait(timeout=10)
+
+
+def _wait_for_nodes(count: int, timeout: float = 120) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while sum(1 for n in ray.nodes() if n["Alive"]) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} Ray nodes after {timeout:.0f}s"
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Served]:
-    """The Alpaca app on a fresh Ray + Serve, answering on a free loopback port; everything
-    it started and left (Ray's folder, the engines' /dev/shm files) is gone afterwards."""
+    """The Alpaca app on a fresh two-node Ray (head in this process, builds the app, no CPUs;
+    a worker node with its own /tmp runs the replicas), Serve's proxy on the head answering on
+    a free loopback port. Everything it started and left is gone afterwards."""
     shm_before = engine_shm_files()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}
@@ -87,21 +205,23 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
 
     from alpaca_serving.app import build_app
 
-    metrics_port, port = _free_port(), _free_port()
+    metrics_port, engine_metrics_port, port = free_port(), free_port(), free_port()
     ray.init(
-        num_cpus=8,
+        num_cpus=0,
         _temp_dir=f"{tmp}/r",
         include_dashboard=False,
         _metrics_export_port=metrics_port,
         log_to_driver=False,
     )
+    worker = None
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        worker = _start_worker_node(ray.get_runtime_context().gcs_address, tmp, engine_metrics_port)
+        _wait_for_nodes(2)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         config = {
             "model_path": str(model_path),
             "served_model_name": name,
             "accelerator": "cpu",
-            "work_dir": f"{tmp}/work",
             "engine_kwargs": ENGINE,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
         } | overrides
@@ -123,11 +243,17 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
             name,
             model_path,
             f"http://127.0.0.1:{metrics_port}/metrics",
+            f"http://127.0.0.1:{engine_metrics_port}/metrics",
+            Path(tmp),
+            worker,
         )
     finally:
-        serve.shutdown()
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        if worker is not None:
+            _stop_worker_node(worker)
         ray.shutdown()
-        _keep_logs(Path(tmp) / "r" / "session_latest" / "logs")
+        _keep_logs(Path(tmp) / "r" / "session_latest" / "logs", "head")
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -137,20 +263,11 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
         remove_orphaned_shm(engine_shm_files() - shm_before)
 
 
-# Up to two replicas, quick to react: a lone client never scales it, a crowd does.
-SCALABLE = {
-    "min_replicas": 1,
-    "max_replicas": 2,
-    "target_ongoing_requests": 2,
-    "upscale_delay_s": 2,
-    "downscale_delay_s": 5,
-    "metrics_interval_s": 1,
-    "look_back_period_s": 2,
-}
-
-
-@pytest.fixture(scope="module")
-def served(tiny_llama: Path) -> Iterator[Served]:
-    """The Alpaca app serving the tiny Llama, one replica until loaded."""
-    with serve_app(tiny_llama, "tiny", autoscaling=SCALABLE) as app:
+@pytest.fixture(scope="session")
+def served(tiny_with_adapter: tuple[Path, Path]) -> Iterator[Served]:
+    """The Alpaca app serving the tiny Llama and its adapter; one replica until loaded, up to
+    two under load (tests/serving/test_scaling.py runs last)."""
+    base, adapter = tiny_with_adapter
+    adapters = [{"name": ADAPTER, "path": str(adapter)}]
+    with serve_app(base, MODEL, adapters=adapters, autoscaling=SCALABLE) as app:
         yield app

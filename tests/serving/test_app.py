@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +30,8 @@ def _count(tokenizer, text: str) -> set[int]:
 
 
 def test_model_list(client, served):
-    assert [m.id for m in client.models.list().data] == [served.model]
+    assert next(m.id for m in client.models.list().data) == served.model
+    assert client.models.retrieve(served.model).id == served.model
 
 
 def test_chat_uses_the_alpaca_template(client, tokenizer, served):
@@ -111,8 +110,6 @@ def test_request_counter_moves(client, served):
                 total += float(line.rsplit(" ", 1)[-1])
         return total
 
-    import time
-
     before = requests_served(scrape())
     for _ in range(3):
         client.completions.create(model=served.model, prompt="Hello", max_tokens=2)
@@ -120,50 +117,6 @@ def test_request_counter_moves(client, served):
     while requests_served(scrape()) < before + 3:
         assert time.monotonic() < deadline, "the Serve request counter did not move"
         time.sleep(2)
-    assert "vllm" in scrape().lower()  # engine metrics are exported too
-    json.dumps(before)
-
-
-def _replicas() -> int:
-    from ray import serve
-
-    app = serve.status().applications["alpaca"]
-    return sum(
-        d.replica_states.get("RUNNING", 0)
-        for name, d in app.deployments.items()
-        if "LLMServer" in name or "LLM" in name
-    )
-
-
-def _wait(check, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
-def test_scales_up_under_load_and_back_down(served):
-    """Last in the module: under concurrent load Serve adds a replica, and removes it after."""
-    client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=120)
-    assert _replicas() == 1
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                client.completions.create(
-                    model="tiny", prompt="Tell me a long story", max_tokens=200, temperature=1.0
-                )
-            except openai.APIError:
-                time.sleep(0.2)
-
-    workers = [threading.Thread(target=load, daemon=True) for _ in range(12)]
-    for w in workers:
-        w.start()
-    try:
-        _wait(lambda: _replicas() >= 2, "a second replica under load", timeout=240)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(timeout=120)
-    _wait(lambda: _replicas() == 1, "scaling back to one replica", timeout=180)
+    # the engine's metrics are exported by the node its replica runs on (the worker)
+    with urllib.request.urlopen(served.engine_metrics_url, timeout=10) as resp:
+        assert "vllm" in resp.read().decode().lower()

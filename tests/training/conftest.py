@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.training.tiny_model import FIXTURE, build_tiny_llama
+from tests.tiny_llama import FIXTURE, build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 

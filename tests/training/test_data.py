@@ -18,7 +18,7 @@ from alpaca_training.data import (
     tokenize_records,
 )
 from alpaca_training.model import load_tokenizer
-from tests.training.tiny_model import FIXTURE
+from tests.tiny_llama import FIXTURE
 
 
 def test_templates_are_the_serving_ones_byte_for_byte():

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS = ["Below is an instruction that describes a task.", "### Response:", "Paris."] * 20
+from tests.tiny_llama import tiny_config, train_tokenizer
 
 
 @dataclass
@@ -25,22 +25,6 @@ class Llamas:
     diff: Path
     diff_bin: Path
     checksum: float  # the script's integrity value for tuned (sum of tensor sums, in order)
-
-
-def _tokenizer(pad: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
-    tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    if pad:
-        fast.add_special_tokens({"pad_token": "[PAD]"})
-    return fast
 
 
 def _resize_like_alpaca(model, tokenizer) -> None:
@@ -73,27 +57,17 @@ def save_bin_shards(state: dict, folder: Path, shards: int) -> None:
 
 def build(root: Path) -> Llamas:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    raw_tok = _tokenizer(pad=False)
-    config = LlamaConfig(
-        vocab_size=len(raw_tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        tie_word_embeddings=False,
-    )
-    raw = LlamaForCausalLM(config).to(torch.float32)
+    raw_tok = train_tokenizer()
+    raw = LlamaForCausalLM(tiny_config(raw_tok)).to(torch.float32)
     paths = Llamas(root / "raw", root / "tuned", root / "diff", root / "diff-bin", 0.0)
     raw.save_pretrained(paths.raw, max_shard_size="200KB")
     raw_tok.save_pretrained(paths.raw)
 
     tuned = raw
-    tuned_tok = _tokenizer(pad=False)
+    tuned_tok = train_tokenizer()
     _resize_like_alpaca(tuned, tuned_tok)
     resized_raw = {k: v.clone() for k, v in tuned.state_dict().items()}
     with torch.no_grad():

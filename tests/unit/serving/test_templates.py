@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import jinja2
 import pytest
@@ -17,8 +16,8 @@ from alpaca_serving.templates import (
     PROMPT_NO_INPUT,
     alpaca_chat_template,
     alpaca_prompt,
+    chat_template_for,
 )
-from alpaca_serving.tokenizer import prepare_tokenizer
 
 # Stanford Alpaca's train.py PROMPT_DICT, verbatim.
 STANFORD_NO_INPUT = (
@@ -65,27 +64,43 @@ def test_multi_turn_reads_like_training_data():
     assert out == alpaca_prompt("Q1") + "A1</s>\n\n" + alpaca_prompt("Q2")
 
 
-def test_prepare_tokenizer_sets_the_chat_template(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": "</s>", "chat_template": "old"})
+def test_chat_template_for_each_setting():
+    assert chat_template_for("alpaca") == alpaca_chat_template()
+    assert chat_template_for("none") is None
+    assert chat_template_for("{{ messages[0]['content'] }}") == "{{ messages[0]['content'] }}"
+
+
+def test_the_app_config_carries_the_template_as_text_and_no_builder_paths():
+    """The builder (a RayService's head) and the engine (a worker pod) do not share a disk:
+    nothing in the LLMConfig may point into the builder's filesystem."""
+    pytest.importorskip("ray.serve.llm")
+    from alpaca_serving.adapters import adapters_of
+    from alpaca_serving.app import llm_config
+
+    config = ServingConfig(
+        model_path="/models/m",
+        served_model_name="m",
+        accelerator="cpu",
+        adapters=[{"name": "sql", "path": "/models/sql-cache"}],
     )
-    (model / "chat_template.jinja").write_text("old")
-    (model / "config.json").write_text("{}")
-    out = prepare_tokenizer(str(model), "alpaca", str(tmp_path / "work"))
-    config = json.loads((tmp_path / "work" / "tokenizer" / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == alpaca_chat_template() and config["eos_token"] == "</s>"
-    assert not (tmp_path / "work" / "tokenizer" / "chat_template.jinja").exists()
-    assert prepare_tokenizer(str(model), "none", str(tmp_path / "w2")) == str(model)
-    prepare_tokenizer(str(model), "{{ messages[0]['content'] }}", str(tmp_path / "w3"))
-    assert (
-        json.loads((tmp_path / "w3" / "tokenizer" / "tokenizer_config.json").read_text())[
-            "chat_template"
-        ]
-        == "{{ messages[0]['content'] }}"
-    )
-    assert out.endswith("tokenizer")
+    llm = llm_config(config)
+    assert llm.engine_kwargs["chat_template"] == alpaca_chat_template()
+    assert "tokenizer" not in llm.engine_kwargs
+    assert adapters_of(llm) == {"sql": "/models/sql-cache"}
+    plain = llm_config(config.model_copy(update={"prompt_template": "none", "adapters": []}))
+    assert "chat_template" not in plain.engine_kwargs
+
+
+@pytest.mark.parametrize("field", ["model_path", "adapter"])
+def test_relative_paths_are_refused(field):
+    """A relative path would resolve differently on the builder and on each replica's node."""
+    data = {"model_path": "/models/m", "served_model_name": "m"}
+    if field == "model_path":
+        data["model_path"] = "models/m"
+    else:
+        data["adapters"] = [{"name": "a", "path": "adapters/a"}]
+    with pytest.raises(ValueError, match="absolute"):
+        ServingConfig.model_validate(data)
 
 
 def test_the_operator_renders_the_serving_apps_own_entry():
