@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_dev.fileserver import FileServer
 from tests.weights import tiny
 from tests.weights.helpers import write_model
-from tests.weights.servers import FileServer
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_dev.fileserver import FileServer
 from alpaca_weights import cli, convert, errors, recover
 from tests.weights.helpers import no_marker, read_term
-from tests.weights.servers import FileServer
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")

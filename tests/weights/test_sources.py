@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from alpaca_dev.fileserver import COMMIT
 from alpaca_weights import cli, errors
 from tests.weights.helpers import no_marker, read_term, same_tree
-from tests.weights.servers import COMMIT
 
 
 def run(term, dest, source, *extra):
@@ -35,7 +35,7 @@ def test_hf_file_differing_from_its_lfs_sha256_is_a_checksum_mismatch(
     corrupted = bytearray(original)
     corrupted[12345] ^= 0xFF
 
-    import tests.weights.servers as servers
+    import alpaca_dev.fileserver as servers
 
     real = servers._hub_siblings
     monkeypatch.setattr(servers, "_hub_siblings", lambda folder: _with(real(folder), original))

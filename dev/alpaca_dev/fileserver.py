@@ -1,6 +1,7 @@
-"""Real servers on 127.0.0.1 for the weights tests: a folder over HTTP with Range support (that
-can drop or stall a response part way), and a Hugging Face Hub imitation (the model-info API
-route with file metadata, and the resolve route for bytes)."""
+"""Real servers for the weights tests and the node tier: a folder over HTTP with Range support
+(that can drop or stall a response part way), and a Hugging Face Hub imitation (the model-info
+API route with file metadata, and the resolve route for bytes). On 127.0.0.1 by default; the
+node tier and the demo serve models to pods on the node's address."""
 
 from __future__ import annotations
 
@@ -32,8 +33,14 @@ class FileServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, hub: dict[str, Path] | None = None, token: str | None = None):
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(
+        self,
+        root: Path,
+        hub: dict[str, Path] | None = None,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__((host, 0), Handler)
         self.root = root
         self.hub = hub or {}
         self.token = token
@@ -46,7 +53,8 @@ class FileServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
 
     def __enter__(self) -> FileServer:
         self.thread.start()
