@@ -16,7 +16,7 @@ class OperatorConfig:
     """Images and versions the renderers use when a spec does not override them."""
 
     serving_image: str = f"{REGISTRY}/alpaca-serving:{__version__}"
-    weights_image: str = f"{REGISTRY}/alpaca-operator:{__version__}"
+    weights_image: str = f"{REGISTRY}/alpaca-weights:{__version__}"
     training_image: str = f"{REGISTRY}/alpaca-training:{__version__}"
     ray_version: str = RAY_VERSION
 

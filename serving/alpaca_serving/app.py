@@ -63,7 +63,13 @@ def build_app(args: dict[str, Any]) -> Any:
     from ray.serve.llm import build_openai_app
 
     config = ServingConfig.model_validate(args)
-    builder: dict[str, Any] = {"llm_configs": [llm_config(config)]}
+    builder: dict[str, Any] = {
+        "llm_configs": [llm_config(config)],
+        # The OpenAI ingress only routes: it asks for no CPU, so it runs beside Serve's proxy
+        # on the head (which offers none) or next to a replica, never waiting for a CPU that
+        # the replicas' pods do not have to spare (Serve's default would ask for one).
+        "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+    }
     if config.adapters:
         from alpaca_serving.adapters import AlpacaIngress
 

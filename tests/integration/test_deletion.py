@@ -56,6 +56,26 @@ def _wait_gone(cp, kind: str, name: str, timeout: float = 60) -> None:
     )
 
 
+def _finished_pod(cp, cache: str, job_name: str) -> None:
+    """A Completed pod of the Job on a node, mounting the cache (what a fill leaves)."""
+    job = _get(cp, "job", job_name)
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name}
+    owner |= {"uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{job_name}-pod", "namespace": "default", "ownerReferences": [owner]},
+        "spec": {
+            "nodeName": "a-node",
+            "restartPolicy": "Never",
+            "containers": [{"name": "fill", "image": "alpaca-weights:test"}],
+            "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": cache}}],
+        },
+    }
+    cp.kubectl_run("apply", "-f", "-", input=json.dumps(pod))
+    cp.patch_status("pod", f"{job_name}-pod", {"phase": "Succeeded"}, "default")
+
+
 def _reconcile(ctx, cp, name: str) -> None:
     body = _get(cp, "alpacamodel", name)
     write_status(ctx.kube, body, run_model(ctx, body, datetime.datetime.now(datetime.UTC)).status)
@@ -73,6 +93,10 @@ def test_shared_cache_outlives_one_user_and_goes_with_the_last(gc_plane):
         _reconcile(ctx, cp, name)
     # The fill Job is done (as the Job controller would say): both models get a RayService.
     cp.complete_job("default", f"{cache}-fill")
+    # Its pod stays, Completed, and holds the cache: pvc-protection keeps a PVC while any
+    # scheduled pod mounts it, so the Job must not wait for the PVC to go (it did when the
+    # PVC owned it, until the Job's TTL: found on a real node).
+    _finished_pod(cp, cache, f"{cache}-fill")
     for name in ("first", "second"):
         _reconcile(ctx, cp, name)
         assert _get(cp, "rayservice", name) is not None
@@ -88,5 +112,6 @@ def test_shared_cache_outlives_one_user_and_goes_with_the_last(gc_plane):
 
     cp.kubectl_run("delete", "-n", "default", "alpacamodel", "second", "--timeout=30s")
     _wait_gone(cp, "rayservice", "second")
-    _wait_gone(cp, "pvc", cache)
     _wait_gone(cp, "job", f"{cache}-fill")
+    _wait_gone(cp, "pod", f"{cache}-fill-pod")
+    _wait_gone(cp, "pvc", cache)

@@ -22,7 +22,7 @@ def test_fill_annotates_its_own_job_with_the_rendered_least_privilege_role(
     cp = control_plane
     spec = Weights(source=f"{served.url}/models/tiny/")
     cache = names.cache_name(spec)
-    job = weights.fill_job(spec, namespace, "alpaca-operator:test")
+    job = weights.fill_job(spec, namespace, "alpaca-weights:test")
     docs = [*weights.fill_rbac(cache, namespace), job]
     cp.kubectl_run(
         "apply",

@@ -96,6 +96,15 @@ Quantity = Annotated[
 ]
 """A Kubernetes resource quantity (`8`, `500m`, `32Gi`), an int or a string on the wire."""
 
+
+def parse_cpu(quantity: str) -> float:
+    """CPUs in a CPU quantity (`2` -> 2.0, `500m` -> 0.5, `1.5` -> 1.5)."""
+    text = _quantity(quantity)
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000
+    return float(text)
+
+
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 """A duration in Go's notation: `90s`, `15m`, `1h30m`."""

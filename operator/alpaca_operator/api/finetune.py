@@ -17,7 +17,7 @@ from alpaca_operator.api.base import (
     immutable,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
-from alpaca_operator.api.model import Autoscaling, Engine
+from alpaca_operator.api.model import Autoscaling, Engine, Head
 from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
 
 KIND = "AlpacaFineTune"
@@ -147,6 +147,10 @@ class Serve(ApiModel):
     )
     engine: Engine | None = Field(default=None, description="vLLM engine settings.")
     autoscaling: Autoscaling | None = Field(default=None, description="Replica autoscaling.")
+    head: Head | None = Field(
+        default=None,
+        description="The Ray head pod's resources; the AlpacaModel's defaults when unset.",
+    )
 
 
 class AlpacaFineTuneSpec(ApiModel):

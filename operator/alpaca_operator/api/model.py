@@ -11,6 +11,7 @@ from alpaca_operator.api.base import (
     Condition,
     DnsLabel,
     Duration,
+    Quantity,
     cel,
     defaulted,
 )
@@ -154,6 +155,22 @@ class Adapter(ApiModel):
         return Weights(source=self.source, credentials_secret=model.credentials_secret, cache=cache)
 
 
+class Head(ApiModel):
+    """The Ray head pod. It runs no model replica: the GCS, the dashboard (KubeRay deploys the
+    Serve config through it), Serve's controller and HTTP proxy, and the autoscaler sidecar
+    (100m CPU, 256Mi-512Mi of memory, beside these). The defaults suit a production endpoint;
+    a small CPU-only node needs less."""
+
+    cpu: Quantity = Field(
+        default="1",
+        description="CPU request of the head container; no limit, so the HTTP proxy may use "
+        "idle CPU under load.",
+    )
+    memory: Quantity = Field(
+        default="4Gi", description="Memory request and limit of the head container."
+    )
+
+
 class Images(ApiModel):
     """Container images, when the defaults of this operator release are not wanted."""
 
@@ -192,6 +209,10 @@ class AlpacaModelSpec(ApiModel):
     resources: Resources = defaulted(
         Resources,
         "GPUs, CPU and memory of one replica.",
+    )
+    head: Head = defaulted(
+        Head,
+        "The Ray head pod's resources (it runs no model replica).",
     )
     capacity: Capacity = defaulted(
         Capacity,

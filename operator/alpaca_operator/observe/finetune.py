@@ -70,9 +70,16 @@ def training(spec: AlpacaFineTuneSpec, children: FineTuneChildren) -> Verdict:
         )
     status = job.get("status", {})
     ready = int(status.get("ready", 0) or 0)
+    # pods that finished and the Job controller has not counted yet are done all the same
+    uncounted = (status.get("uncountedTerminatedPods") or {}).get("succeeded") or []
+    succeeded = int(status.get("succeeded", 0) or 0) + len(uncounted)
     nodes = spec.resources.nodes
     if ready >= nodes:
         return Verdict("True", "Running", f"All {nodes} node(s) are training.")
+    if succeeded and ready + succeeded >= nodes:  # ranks end one by one, then the Job completes
+        return Verdict(
+            "True", "Finishing", f"{succeeded} of {nodes} node(s) finished; the rest are finishing."
+        )
     return Verdict(
         "False",
         "WaitingForPods",

@@ -1,8 +1,11 @@
 """The shared weights cache: one PVC per weights identity, filled once by one Job.
 
 Every user (AlpacaModel, AlpacaFineTune) is an owner reference on the PVC and none is its
-controller, so the garbage collector removes the cache with its last user. The fill Job is
-owned by the PVC.
+controller, so the garbage collector removes the cache with its last user. The fill Job has the
+same owners, not the PVC: a PVC is not deleted while any pod scheduled with it exists (the
+pvc-protection finalizer; a Completed pod counts), so a Job owned by its PVC would wait for the
+PVC and the PVC for the Job's pod until the Job's TTL. Its ServiceAccount and Role are the
+PVC's.
 """
 
 from __future__ import annotations
@@ -55,10 +58,16 @@ def ensure_cache(
         obj["metadata"]["ownerReferences"] = owned
         live = kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
         applier.ensure(obj, live)
+    owners = shared_owners(job, user)
     if job is None:
         desired_job = weights.fill_job(spec, ns, image)
-        desired_job["metadata"]["ownerReferences"] = owned
+        desired_job["metadata"]["ownerReferences"] = owners
         job = applier.ensure(desired_job, None)
+    elif job["metadata"].get("ownerReferences") != owners:
+        # a new user: only the owners change (a Job's template is immutable, and a newer
+        # operator's image must not be applied to a running fill)
+        op = {"op": "add", "path": "/metadata/ownerReferences", "value": owners}
+        job = kube.json_patch("batch/v1", "Job", job["metadata"]["name"], ns, [op])
     state.fill_job = job
     if (job.get("status") or {}).get("failed"):  # the Job failed, or an attempt did
         state.fill_pod_message = termination_message(kube, job)

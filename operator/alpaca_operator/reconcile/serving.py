@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alpaca_operator.api.base import parse_duration
+from alpaca_operator.api.base import parse_cpu, parse_duration
 from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.render import names, rayservice
 from alpaca_serving.config import Adapter, Autoscaling, ServingConfig
@@ -40,6 +40,8 @@ def serving_config(spec: AlpacaModelSpec, model_path: str, served_name: str) -> 
         ),
         accelerator="gpu" if spec.resources.gpus > 0 else "cpu",
         gpus_per_replica=spec.resources.gpus,
+        # a CPU replica's engine takes its whole worker pod (KubeRay gives Ray the pod's CPUs)
+        cpus_per_replica=parse_cpu(spec.resources.cpu),
         adapters=[
             Adapter(
                 name=a.name,

@@ -163,6 +163,7 @@ def training_job(
     fetch: dict[str, Any] = {
         "name": "dataset",
         "image": weights_image,
+        "imagePullPolicy": "IfNotPresent",
         "command": ["alpaca-weights"],
         "args": ["fill", "--source", spec.dataset.source, "--dest", f"{OUTPUT_MOUNT}/data"],
         "volumeMounts": [
@@ -177,6 +178,7 @@ def training_job(
     trainer = {
         "name": "train",
         "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "command": _torchrun(spec, name),
         "env": env,
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
@@ -246,7 +248,7 @@ def served_model(
     }
     if spec.method == "lora":
         model_spec = {"weights": base_source, "adapters": [{"name": name, "source": final}]}
-    for key in ("resources", "capacity", "engine", "autoscaling"):
+    for key in ("resources", "capacity", "engine", "autoscaling", "head"):
         value = getattr(serve, key)
         if value is not None:
             model_spec[key] = value.to_wire()

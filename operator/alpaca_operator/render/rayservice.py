@@ -20,13 +20,22 @@ MODELS_MOUNT = "/models"
 UPGRADE_STRATEGY = "None"
 
 
+# KubeRay's autoscaler sidecar on the head (its default is 500m and 512Mi, reserved): it
+# wakes every few seconds to compare Serve's demand with the workers.
+AUTOSCALER_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
 def _container(
     name: str, image: str, resources: dict[str, Any], mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
         "name": name,
         "image": image,
-        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "imagePullPolicy": "IfNotPresent",
+        "resources": resources,
         "volumeMounts": mounts,
         # Ray writes session files under /tmp and the image's home; vLLM compiles kernels.
         "securityContext": container_security(read_only_root=False),
@@ -85,7 +94,12 @@ def rayservice(
     adapters = [names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters]
     head_volumes, head_mounts = _volumes(cache, adapters)
     worker_volumes, worker_mounts = _volumes(cache, adapters)
-    head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_mounts)
+    # The head runs no replica: its CPU is a request only (the proxy may burst into idle CPU)
+    head_resources = {
+        "requests": {"cpu": spec.head.cpu, "memory": spec.head.memory},
+        "limits": {"memory": spec.head.memory},
+    }
+    head = _container("ray-head", image, head_resources, head_mounts)
     head["ports"] = [
         {"name": "gcs", "containerPort": 6379},
         {"name": "dashboard", "containerPort": 8265},
@@ -95,7 +109,14 @@ def rayservice(
     ]
     worker_pod: dict[str, Any] = {
         "securityContext": pod_security(fs_group=False),
-        "containers": [_container("ray-worker", image, worker_resources, worker_mounts)],
+        "containers": [
+            _container(
+                "ray-worker",
+                image,
+                {"requests": dict(worker_resources), "limits": dict(worker_resources)},
+                worker_mounts,
+            )
+        ],
         "volumes": worker_volumes,
     }
     if place.node_selector:
@@ -119,6 +140,7 @@ def rayservice(
                 "autoscalerOptions": {
                     "upscalingMode": "Default",
                     "idleTimeoutSeconds": int(parse_duration(scaling.scale_to_zero_delay)),
+                    "resources": AUTOSCALER_RESOURCES,
                 },
                 "headGroupSpec": {
                     # num-cpus 0: no model replica lands on the head; it runs Serve's controller

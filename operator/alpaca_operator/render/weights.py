@@ -123,6 +123,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "fill",
         "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "command": ["alpaca-weights"],
         "args": args,
         "env": [

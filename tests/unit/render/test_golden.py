@@ -24,7 +24,7 @@ MODELS = [
     for p in sorted((REPO / "examples").glob("*.yaml"))
     if yaml.safe_load(p.read_text())["kind"] == "AlpacaModel"
 ]
-CONFIG = OperatorConfig(serving_image="alpaca-serving:test", weights_image="alpaca-operator:test")
+CONFIG = OperatorConfig(serving_image="alpaca-serving:test", weights_image="alpaca-weights:test")
 
 
 def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[str, Any]]:
