@@ -10,21 +10,25 @@ SRC := $(wildcard operator serving training weights dev tests benchmarks)
 export ALPACA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/alpaca-operator
 
 .DEFAULT_GOAL := help
-.PHONY: help venv k8s-bins crds lint test test-fast demo clean golden serving-deps
+.PHONY: help venv k8s-bins node-bins thirdparty images crds lint test test-fast demo clean golden serving-deps
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[dev,weights]' -e ./dev
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[operator,dev,weights]' -e ./dev
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev tools
 
 k8s-bins: ## kube-apiserver, etcd, kubectl (+ controller-manager, scheduler): KUBEBUILDER_ASSETS, cache, or a Go build
 	@scripts/k8s-bins.sh controller-manager scheduler
+
+node-bins: ## real-node tier: Debian packages (root), then kubelet, kube-proxy, containerd, runc, CoreDNS, pause (cache or a Go build)
+	@scripts/host-packages.sh
+	@scripts/node-bins.sh
 
 crds: venv ## regenerate crds/, the chart's crds/ and ClusterRole from the API models and RBAC rules
 	$(VENV)/bin/alpaca-operator crds --out crds --out charts/alpaca-operator/crds --chart charts/alpaca-operator
@@ -40,12 +44,19 @@ test-fast: venv ## unit tests only (no control plane)
 serving-deps: venv ## Ray Serve + vLLM (the CPU build here; requirement list generated from its wheel)
 	$(PY) scripts/serving_deps.py
 
-test: venv k8s-bins serving-deps lint ## everything: unit, real apiserver, operator e2e, real serving (what CI runs)
+images: venv serving-deps node-bins ## operator, weights, training, serving-cpu, pause images built here (buildah, Debian base, root); cached by their inputs
+	$(PY) -m alpaca_dev.images build $(IMAGES) $(if $(PAUSE_BINARY),--pause-binary $(PAUSE_BINARY))
+
+thirdparty: ## the KubeRay operator and helm built from their Go modules, KubeRay's and Karpenter's CRDs (cached)
+	@scripts/thirdparty.sh crds >/dev/null
+	@scripts/thirdparty.sh kuberay >/dev/null
+	@scripts/thirdparty.sh helm >/dev/null
+
+test: venv k8s-bins node-bins serving-deps images thirdparty lint ## everything: unit, real apiserver, operator e2e, real serving, real node (what CI runs)
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup
 
-demo: venv k8s-bins serving-deps ## control plane + operator + local runtime: SmolLM2 served, a chat answer printed; Ctrl-C stops it
-	$(PY) -m alpaca_dev.demo --bin-dir "$$(scripts/k8s-bins.sh | tail -n 1)" --repo . \
-		--thirdparty-crds "$$(scripts/thirdparty.sh crds | tail -n 1)" $(if $(DEMO_ONCE),--once)
+demo: venv k8s-bins node-bins serving-deps images thirdparty ## a real node here (root): helm install, SmolLM2 served by pods, a chat answer through the Service; Ctrl-C stops all
+	$(PY) -m alpaca_dev.demo --repo . $(if $(DEMO_ONCE),--once)
 
 clean: ## remove the venv and build leftovers (the binary cache outside the repo stays)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -207,7 +207,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    from alpaca_dev.runtime import engine_shm_files, remove_orphaned_shm
+    from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 
     shm_before = engine_shm_files()
     work = tempfile.mkdtemp(prefix="bench", dir="/tmp")

@@ -122,8 +122,8 @@ def main() -> int:
         from transformers.utils import logging as hf_logging
 
         from alpaca_training.config import TrainConfig
-        from tests.training.conftest import make_config
         from tests.tiny_llama import FIXTURE, build_tiny_llama
+        from tests.training.conftest import make_config
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

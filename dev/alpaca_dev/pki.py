@@ -1,5 +1,6 @@
 """Throwaway certificates for a local control plane: a CA, the apiserver's serving certificate,
-an admin client certificate and the service-account signing key. Fresh for every start."""
+an admin client certificate and the service-account signing key, fresh for every start; and
+client certificates signed by the same CA for the node's agents (kubelet, kube-proxy)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Pki:
     """Paths of the files a local control plane needs."""
 
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -67,8 +69,10 @@ def _cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def write_pki(folder: Path) -> Pki:
-    """Create a CA and the certificates and keys signed by it in `folder`."""
+def write_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create a CA and the certificates and keys signed by it in `folder`. The serving
+    certificate is valid for loopback, `kubernetes.default.svc` and `extra_ips` (a node's
+    address, the `kubernetes` Service's ClusterIP)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alpaca-local-ca")])
@@ -83,8 +87,11 @@ def write_pki(folder: Path) -> Pki:
         usage=[ExtendedKeyUsageOID.SERVER_AUTH],
         sans=[
             x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName("kubernetes.default.svc.cluster.local"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)),
         ],
     )
     admin_key = _key()
@@ -104,6 +111,7 @@ def write_pki(folder: Path) -> Pki:
 
     pki = Pki(
         ca_cert=folder / "ca.crt",
+        ca_key=folder / "ca.key",
         serving_cert=folder / "apiserver.crt",
         serving_key=folder / "apiserver.key",
         admin_cert=folder / "admin.crt",
@@ -112,6 +120,7 @@ def write_pki(folder: Path) -> Pki:
         sa_private=folder / "sa.key",
     )
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.ca_key.write_bytes(_pem_key(ca_key))
     pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
     pki.serving_key.write_bytes(_pem_key(serving_key))
     pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
@@ -122,6 +131,26 @@ def write_pki(folder: Path) -> Pki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    for path in (pki.serving_key, pki.admin_key, pki.sa_private):
+    for path in (pki.ca_key, pki.serving_key, pki.admin_key, pki.sa_private):
         path.chmod(0o600)
     return pki
+
+
+def issue_client_cert(pki: Pki, folder: Path, name: str, user: str, *groups: str) -> Path:
+    """A client certificate (and key, `<name>.crt`/`<name>.key` in `folder`) for `user` in
+    `groups`, signed by the control plane's CA: how a node's kubelet (`system:node:<node>` in
+    `system:nodes`) and kube-proxy (`system:kube-proxy`) authenticate."""
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    )
+    cert = _cert(subject, key, ca.subject, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(_pem_key(key))
+    (folder / f"{name}.key").chmod(0o600)
+    return folder / f"{name}.crt"

@@ -210,47 +210,6 @@ def test_metrics_endpoint(control_plane, operator, namespace):
     assert 'alpaca_api_writes_total{kind="AlpacaModel"}' in text
 
 
-def test_local_runtime_runs_the_fill_and_its_failure_reaches_the_status(
-    control_plane, operator, namespace, tmp_path
-):
-    """The local runtime (what `make demo` uses) runs the rendered fill Job's real command; a
-    source that does not exist fails it, and the CLI's reason becomes the status's."""
-    from alpaca_dev.runtime import LocalRuntime
-
-    cp = control_plane
-    models = tmp_path / "models"
-    (models / "present").mkdir(parents=True)
-    (models / "present" / "config.json").write_text('{"model_type": "llama"}')
-    runtime = LocalRuntime(cp, tmp_path / "rt", namespace=namespace, host_paths={"/models": models})
-    runtime.start()
-    try:
-        for name, source in (("good", "/models/present"), ("bad", "/models/absent")):
-            doc = {
-                "apiVersion": "alpaca.dev/v1alpha1",
-                "kind": "AlpacaModel",
-                "metadata": {"name": name},
-                "spec": {"weights": {"source": source}, "resources": {"gpus": 0}},
-            }
-            cp.kubectl_run("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
-
-        def weights_reason(name: str, reason: str) -> dict[str, Any] | None:
-            cond = _condition(_get(cp, namespace, "am", name), "WeightsReady")
-            return cond if cond and cond["reason"] == reason else None
-
-        filled = _wait(lambda: weights_reason("good", "CacheFilled"), 90, "good: CacheFilled")
-        assert filled["status"] == "True"
-        failed = _wait(lambda: weights_reason("bad", "SourceNotFound"), 90, "bad: SourceNotFound")
-        assert "/models/absent does not exist" in failed["message"]
-        assert _get(cp, namespace, "am", "bad")["status"]["phase"] == "Failed"
-        cache = filled["message"].split()[2]
-        volume = runtime.volume(cache)
-        assert (volume / "config.json").read_text() == '{"model_type": "llama"}'
-        assert (volume / ".alpaca" / "complete").exists()
-    finally:
-        runtime.stop()
-        runtime.cleanup()
-
-
 def test_a_new_gpu_node_wakes_a_model_waiting_for_nodes(control_plane, operator, namespace):
     """Nodes are watched: a matching GPU node added (or its GPUs changed) moves CapacityReady
     at once, not at the next resync (a minute away here)."""

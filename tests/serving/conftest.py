@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from alpaca_dev.controlplane import free_port
-from alpaca_dev.runtime import engine_shm_files, remove_orphaned_shm
+from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 from tests.tiny_llama import FIXTURE, build_tiny_llama
 from tests.training.conftest import PYTHON, make_config, subprocess_env
 
@@ -164,7 +164,9 @@ def _namespace_processes(namespace: str | None) -> set[int]:
 def _stop_worker_node(node: WorkerNode) -> None:
     """Keep its logs, stop it, and make sure nothing it started survives (its namespace and
     the tmpfs go with the last of its processes)."""
-    _keep_logs(Path(f"{node.root}{node.temp_dir}/session_latest/logs"), "worker")
+    latest = Path(f"{node.root}{node.temp_dir}/session_latest")
+    with contextlib.suppress(OSError):  # an absolute link, inside the node's own view
+        _keep_logs(Path(f"{node.root}{os.readlink(latest)}/logs"), "worker")
     node.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the node's processes
     with contextlib.suppress(subprocess.TimeoutExpired):
         node.proc.wait(timeout=60)

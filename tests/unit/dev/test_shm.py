@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from alpaca_dev.runtime import engine_shm_files, remove_orphaned_shm
+from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 
 HOLDER = """
 import sys, time
