@@ -1,17 +1,17 @@
 """Images from the local builder's storage into a node's containerd, layer by layer: only what
 containerd does not hold yet crosses over.
 
-buildah pushes the image into a scratch `dir:` folder in which every blob containerd has
-already appears as a hard link to containerd's own copy, so buildah writes only the new blobs
-(after a source change: a few megabytes, not the 5 GB torch layer underneath). An OCI archive
-of the manifest, the config and the new layers goes to `ctr images import` through a pipe;
-containerd finds the rest in its store.
+buildah pushes the image into a scratch OCI layout in which every blob containerd has already
+appears as a hard link to containerd's own copy, so buildah writes only the new blobs (after a
+source change: a few megabytes, not the 5 GB torch layer underneath; buildah's blob-info cache
+remembers which compressed blob stands for which layer). An OCI archive of the manifest, the
+config and the new layers goes to `ctr images import` through a pipe; containerd finds the
+rest in its store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -49,37 +49,32 @@ def _link_known_blobs(content: Path, folder: Path) -> set[str]:
     return known
 
 
-def _stream(folder: Path, ref: str, known: set[str], sink: IO[bytes]) -> int:
-    """Write the OCI archive of the image pushed into `folder` to `sink`; the bytes of layers
-    sent (those containerd does not have)."""
-    manifest_bytes = (folder / "manifest.json").read_bytes()
-    manifest = json.loads(manifest_bytes)
-    manifest_hex = hashlib.sha256(manifest_bytes).hexdigest()
-    entry = {
-        "mediaType": manifest["mediaType"],
-        "digest": f"sha256:{manifest_hex}",
-        "size": len(manifest_bytes),
-        "annotations": {IMAGE_NAME: ref, REF_NAME: ref},
-    }
-    members = [
-        ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
-        ("index.json", json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()),
-        (f"blobs/sha256/{manifest_hex}", manifest_bytes),
-    ]
+def _stream(layout: Path, stored: str, ref: str, known: set[str], sink: IO[bytes]) -> int:
+    """Write the OCI archive of `stored` (pushed into `layout`) to `sink`, named `ref`; the
+    bytes of layers sent (those containerd does not have)."""
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == stored)
+    manifest_hex = entry["digest"].removeprefix("sha256:")
+    manifest = json.loads((blobs / manifest_hex).read_bytes())
+    entry = entry | {"annotations": {IMAGE_NAME: ref, REF_NAME: ref}}
+    needed = [manifest_hex, manifest["config"]["digest"].removeprefix("sha256:")]
     sent = 0
+    for layer in manifest["layers"]:
+        hex_ = layer["digest"].removeprefix("sha256:")
+        if hex_ not in known:
+            needed.append(hex_)
+            sent += int(layer["size"])
     with tarfile.open(fileobj=sink, mode="w|") as tar:
-        for name, data in members:
+        for name, data in (
+            ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+            ("index.json", json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        blobs = [manifest["config"]["digest"]]
-        for layer in manifest["layers"]:
-            if layer["digest"].removeprefix("sha256:") not in known:
-                blobs.append(layer["digest"])
-                sent += int(layer["size"])
-        for digest in blobs:
-            hex_ = digest.removeprefix("sha256:")
-            tar.add(folder / hex_, arcname=f"blobs/sha256/{hex_}")
+        for hex_ in needed:
+            tar.add(blobs / hex_, arcname=f"blobs/sha256/{hex_}")
     return sent
 
 
@@ -102,19 +97,21 @@ def import_into_containerd(
     buildah = Buildah(store)
     with exclusive(store):
         for image in missing:
-            folder = store.tmp / f"{image.name}-blobs"
-            folder.mkdir(parents=True)
+            layout = store.tmp / f"{image.name}-oci"
+            (layout / "blobs" / "sha256").mkdir(parents=True)
             try:
                 with timed(f"{image.name}: import into containerd"):
-                    known = _link_known_blobs(containerd_root / CONTENT, folder)
-                    buildah.push_dir(image.stored, folder)
+                    known = _link_known_blobs(
+                        containerd_root / CONTENT, layout / "blobs" / "sha256"
+                    )
+                    buildah.push_oci(image.stored, layout)
                     importer = subprocess.Popen([*base, "import", "-"], stdin=subprocess.PIPE)
                     assert importer.stdin is not None
                     with importer.stdin:
-                        sent = _stream(folder, image.ref, known, importer.stdin)
+                        sent = _stream(layout, image.stored, image.ref, known, importer.stdin)
                     if importer.wait() != 0:
                         raise RuntimeError(f"ctr images import of {image.ref} failed")
                     log(f"{image.name}: {sent / 2**20:.1f} MiB of new layers sent")
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(layout, ignore_errors=True)
     return [image.ref for image in missing]
