@@ -53,7 +53,7 @@ thirdparty: ## the KubeRay operator and helm built from their Go modules, KubeRa
 	@scripts/thirdparty.sh helm >/dev/null
 
 test: venv k8s-bins node-bins serving-deps images thirdparty lint ## everything: unit, real apiserver, operator e2e, real serving, real node (what CI runs)
-	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup
+	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup --durations=25
 
 demo: venv k8s-bins node-bins serving-deps images thirdparty ## a real node here (root): helm install, SmolLM2 served by pods, a chat answer through the Service; Ctrl-C stops all
 	$(PY) -m alpaca_dev.demo --repo . $(if $(DEMO_ONCE),--once)
