@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import fnmatch
 import logging
 from typing import Any
 
@@ -26,8 +25,16 @@ from alpaca_operator.reconcile.finetune import FineTuneContext, run_finetune
 from alpaca_operator.reconcile.model import ModelContext, run_model
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.reconcile.status import write_status
+from alpaca_operator.reconcile.triggers import (
+    alive,
+    cache_users,
+    node_moved,
+    nodepool_owner,
+    on_existing_nodes,
+    outranked,
+    to_reconcile,
+)
 from alpaca_operator.render import names
-from alpaca_operator.render.capacity import GPU_RESOURCE
 
 MODEL = (GROUP, VERSION, model.PLURAL)
 FINETUNE = (GROUP, VERSION, finetune.PLURAL)
@@ -103,12 +110,8 @@ def _reconcile_finetune(memo: kopf.Memo, body: dict[str, Any]) -> None:
 def _wake(memo: kopf.Memo, kind: str, namespace: str, name: str) -> None:
     """Recompute a parent after one of its children changed."""
     parent = memo.kube.get(API_VERSION, kind, name, namespace)
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return
-    if kind == model.KIND:
-        _reconcile_model(memo, parent)
-    else:
-        _reconcile_finetune(memo, parent)
+    if alive(parent):
+        (_reconcile_model if kind == model.KIND else _reconcile_finetune)(memo, parent)
 
 
 @kopf.on.resume(*MODEL)
@@ -119,9 +122,8 @@ def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconcile_model(memo, dict(body))
 
 
-def _in_scope(memo: kopf.Memo, namespace: str) -> bool:
-    patterns = memo.get("namespaces") or []
-    return not patterns or any(fnmatch.fnmatch(namespace, p) for p in patterns)
+def _namespaces(memo: kopf.Memo) -> list[str]:
+    return list(memo.get("namespaces") or [])
 
 
 def _outranked(memo: kopf.Memo, now: datetime.datetime) -> bool:
@@ -130,14 +132,7 @@ def _outranked(memo: kopf.Memo, now: datetime.datetime) -> bool:
     if not memo.get("peering"):
         return False
     peering = memo.kube.get("kopf.dev/v1", "ClusterKopfPeering", memo.peering)
-    for peer in ((peering or {}).get("status") or {}).values():
-        if not isinstance(peer, dict) or int(peer.get("priority", 0)) <= int(memo.priority):
-            continue
-        seen = datetime.datetime.fromisoformat(str(peer.get("lastseen", "1970-01-01T00:00:00")))
-        seen = seen if seen.tzinfo else seen.replace(tzinfo=datetime.UTC)
-        if (now - seen).total_seconds() < float(peer.get("lifetime", 60)):
-            return True
-    return False
+    return outranked(peering, int(memo.priority), now)
 
 
 async def _resync_kind(memo: kopf.Memo, kind: str, reconcile: Any) -> None:
@@ -147,13 +142,12 @@ async def _resync_kind(memo: kopf.Memo, kind: str, reconcile: Any) -> None:
     except Exception:  # the apiserver may be briefly away; try again next round
         log.exception("resync: listing %s failed", kind)
         return
-    for body in bodies:
+    for body in to_reconcile(bodies, _namespaces(memo)):
         meta = body["metadata"]
-        if _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
-            try:
-                await asyncio.to_thread(reconcile, memo, body)
-            except Exception:
-                log.exception("resync of %s %s/%s failed", kind, meta["namespace"], meta["name"])
+        try:
+            await asyncio.to_thread(reconcile, memo, body)
+        except Exception:
+            log.exception("resync of %s %s/%s failed", kind, meta["namespace"], meta["name"])
 
 
 async def _resync(memo: kopf.Memo) -> None:
@@ -189,30 +183,15 @@ def serving_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, 
     _wake(memo, model.KIND, namespace, labels[names.LABEL_MODEL])
 
 
-def _node_key(body: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a node matters to capacity: its labels, GPUs and whether it takes pods."""
-    labels = body["metadata"].get("labels") or {}
-    gpus = (body.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE)
-    return tuple(sorted(labels.items())), gpus, bool((body.get("spec") or {}).get("unschedulable"))
-
-
 @kopf.on.event("v1", "nodes")
 def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A node came, went, or changed its labels or GPUs: the models on existing nodes
     recompute their capacity. Heartbeats (most node events) change nothing here and wake no one;
     the initial listing only records what is there (the resume handlers reconcile at start)."""
-    seen: dict[str, Any] = memo.setdefault("nodes_seen", {})
-    name = body["metadata"]["name"]
-    now = None if event["type"] == "DELETED" else _node_key(dict(body))
-    before = seen.pop(name, None) if now is None else seen.get(name)
-    if now is not None:
-        seen[name] = now
-    if event["type"] is None or now == before:
+    if not node_moved(memo.setdefault("nodes_seen", {}), event["type"], dict(body)):
         return
-    for obj in memo.kube.list(API_VERSION, model.KIND):
-        meta, spec = obj["metadata"], obj.get("spec") or {}
-        existing = (spec.get("capacity") or {}).get("provisioner", "existing") == "existing"
-        if existing and _in_scope(memo, meta["namespace"]) and not meta.get("deletionTimestamp"):
+    for obj in to_reconcile(memo.kube.list(API_VERSION, model.KIND), _namespaces(memo)):
+        if on_existing_nodes(obj):
             _reconcile_model(memo, obj)
 
 
@@ -221,9 +200,8 @@ def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: An
 def cache_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A weights cache or its fill Job changed: every user of the cache recomputes."""
     pvc = memo.kube.get("v1", "PersistentVolumeClaim", labels[names.LABEL_CACHE], namespace)
-    for ref in (pvc or {}).get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") in (model.KIND, finetune.KIND):
-            _wake(memo, ref["kind"], namespace, ref["name"])
+    for kind, name in cache_users(pvc):
+        _wake(memo, kind, namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_FINETUNE: kopf.PRESENT})
@@ -243,9 +221,9 @@ def sweep_nodepool(
     labels: kopf.Labels, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Delete a NodePool whose AlpacaModel is gone (no finalizer needed on the model)."""
-    owner_ns, owner = labels.get("alpaca.dev/owner-namespace"), labels.get("alpaca.dev/owner-name")
-    if owner_ns and owner and memo.kube.get(API_VERSION, model.KIND, owner, owner_ns) is None:
-        logger.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, owner_ns, owner)
+    owner = nodepool_owner(dict(labels))
+    if owner and memo.kube.get(API_VERSION, model.KIND, owner[1], owner[0]) is None:
+        logger.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, *owner)
         memo.kube.delete("karpenter.sh/v1", "NodePool", name)
 
 

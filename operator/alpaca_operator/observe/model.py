@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from alpaca_operator import conditions as cond
 from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.conditions import (
@@ -32,9 +33,9 @@ KARPENTER_INSTALL = (
 
 # How long a stage may wait before its condition says it ran over (each its own reason).
 DEADLINES = {
-    CAPACITY: ("CapacityTimeout", datetime.timedelta(minutes=20)),
-    WEIGHTS: ("WeightsTimeout", datetime.timedelta(hours=3)),
-    SERVING: ("ServingTimeout", datetime.timedelta(minutes=30)),
+    CAPACITY: (cond.CAPACITY_TIMEOUT, datetime.timedelta(minutes=20)),
+    WEIGHTS: (cond.WEIGHTS_TIMEOUT, datetime.timedelta(hours=3)),
+    SERVING: (cond.SERVING_TIMEOUT, datetime.timedelta(minutes=30)),
 }
 
 
@@ -92,61 +93,70 @@ def capacity(spec: AlpacaModelSpec, children: ModelChildren, selector: dict[str,
         if "nodepools.karpenter.sh" not in children.crds:
             return Verdict(
                 "False",
-                "NodePoolCRDMissing",
+                cond.NODEPOOL_CRD_MISSING,
                 f"The karpenter.sh/v1 NodePool CRD is not installed: {KARPENTER_INSTALL}.",
             )
         pool = children.nodepool
         if pool is None:
-            return Verdict("False", "NodePoolCreating", "Creating the Karpenter NodePool.")
+            return Verdict("False", cond.NODEPOOL_CREATING, "Creating the Karpenter NodePool.")
         ready = condition_of(pool, "Ready")
         name = pool["metadata"]["name"]
         if ready and ready.get("status") == "True":
             return Verdict(
                 "True",
-                "NodePoolReady",
+                cond.NODEPOOL_READY,
                 f"NodePool {name} is ready; Karpenter launches GPU nodes as replicas need them.",
             )
         if ready and ready.get("status") == "False":
             return Verdict(
                 "False",
-                "NodePoolRejected",
+                cond.NODEPOOL_REJECTED,
                 f"NodePool {name} is not ready: {ready.get('message') or ready.get('reason')}.",
             )
         return Verdict(
-            "False", "WaitingForNodePool", f"Waiting for Karpenter to accept NodePool {name}."
+            "False", cond.WAITING_FOR_NODEPOOL, f"Waiting for Karpenter to accept NodePool {name}."
         )
     if gpus == 0:
         return Verdict(
-            "True", "CPUOnly", "No GPUs requested; replicas run on any node that matches."
+            "True", cond.CPU_ONLY, "No GPUs requested; replicas run on any node that matches."
         )
     matching = [n for n in children.nodes if _matches(n, selector)]
     if not matching:
         shown = ", ".join(f"{k}={v}" for k, v in selector.items()) or "(any)"
         return Verdict(
             "False",
-            "WaitingForNodes",
+            cond.WAITING_FOR_NODES,
             f"No node matches the node selector {shown}; add GPU nodes with these labels or change spec.capacity.nodeSelector.",
         )
     largest = max(_gpus(n) for n in matching)
     if largest < gpus:
         return Verdict(
             "False",
-            "InsufficientGPU",
+            cond.INSUFFICIENT_GPU,
             f"Each replica needs {gpus} {GPU_RESOURCE}, but the largest allocatable on the {len(matching)} matching node(s) is {largest}; lower spec.resources.gpus or add larger nodes.",
         )
     fit = sum(1 for n in matching if _gpus(n) >= gpus)
     return Verdict(
         "True",
-        "NodesAvailable",
+        cond.NODES_AVAILABLE,
         f"{fit} of {len(matching)} matching node(s) can hold a replica ({gpus} {GPU_RESOURCE} each).",
     )
 
 
 # What the weights CLI says it is doing after the download (its `alpaca.dev/fill-phase`).
 FILL_PHASES = {
-    contract.PHASE_CONVERTING: ("Converting", "Converting PyTorch .bin checkpoints to safetensors"),
-    contract.PHASE_RECOVERING: ("Recovering", "Recovering the model from its weight diff and base"),
-    contract.PHASE_VERIFYING: ("Verifying", "Writing the manifest (sizes, sha256) of the weights"),
+    contract.PHASE_CONVERTING: (
+        cond.CONVERTING,
+        "Converting PyTorch .bin checkpoints to safetensors",
+    ),
+    contract.PHASE_RECOVERING: (
+        cond.RECOVERING,
+        "Recovering the model from its weight diff and base",
+    ),
+    contract.PHASE_VERIFYING: (
+        cond.VERIFYING,
+        "Writing the manifest (sizes, sha256) of the weights",
+    ),
 }
 
 
@@ -162,30 +172,39 @@ def _fill_failure(message: str | None) -> tuple[str, str]:
     """The weights CLI writes `Reason: message` as its termination message."""
     if parsed := contract.parse_termination_message(message):
         return parsed
-    return "FillFailed", (message or "the fill Job failed; see its pod logs").strip()
+    return cond.FILL_FAILED, (message or "the fill Job failed; see its pod logs").strip()
+
+
+def _job_failure(message: str | None) -> tuple[str, str]:
+    """Why the fill Job failed: one of the CLI's reasons, else FillFailed with what the pod said
+    (a crash's log tail may start with `Word:` too)."""
+    reason, text = _fill_failure(message)
+    if reason in cond.FILL_FAILURES:
+        return reason, text
+    return cond.FILL_FAILED, (message or "the fill Job failed; see its pod logs").strip()
 
 
 def weights(spec: Weights, state: CacheState) -> Verdict:
     """The weights stage of anything that uses a cache (a model, a fine-tune's base)."""
     cache = names.cache_name(spec)
     if state.pvc is None:
-        return Verdict("False", "CacheCreating", f"Creating the weights cache volume {cache}.")
+        return Verdict("False", cond.CACHE_CREATING, f"Creating the weights cache volume {cache}.")
     if state.filled:
         return Verdict(
-            "True", "CacheFilled", f"Weights cache {cache} is filled from {spec.source}."
+            "True", cond.CACHE_FILLED, f"Weights cache {cache} is filled from {spec.source}."
         )
     job = state.fill_job
     if job is None:
-        return Verdict("False", "FillPending", f"Starting the Job that fills {cache}.")
+        return Verdict("False", cond.FILL_PENDING, f"Starting the Job that fills {cache}.")
     status = job.get("status", {})
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":
-        reason, text = _fill_failure(state.fill_pod_message)
+        reason, text = _job_failure(state.fill_pod_message)
         return Verdict("False", reason, f"Filling {cache} failed: {text}")
     complete = condition_of(job, "Complete")
     if complete and complete.get("status") == "True":
         return Verdict(
-            "False", "CacheVerifying", f"The fill Job finished; marking {cache} as filled."
+            "False", cond.CACHE_VERIFYING, f"The fill Job finished; marking {cache} as filled."
         )
     progress = job["metadata"].get("annotations") or {}
     done, total = progress.get(contract.ANNOTATION_DONE), progress.get(contract.ANNOTATION_TOTAL)
@@ -198,7 +217,7 @@ def weights(spec: Weights, state: CacheState) -> Verdict:
         attempts = int(status["failed"])
         return Verdict(
             "False",
-            "DownloadRetrying",
+            cond.DOWNLOAD_RETRYING,
             f"Attempt {attempts} to fill {cache} failed ({last}: {text}); "
             f"retrying from where it stopped (at most {FILL_RETRIES + 1} attempts).",
         )
@@ -206,13 +225,13 @@ def weights(spec: Weights, state: CacheState) -> Verdict:
         pct = 100 * int(done) / max(int(total), 1)
         return Verdict(
             "False",
-            "Downloading",
+            cond.DOWNLOADING,
             f"Downloading {spec.source}: {_bytes(int(done))} of {_bytes(int(total))} ({pct:.0f}%).",
         )
     if status.get("active"):
-        return Verdict("False", "Downloading", f"Downloading {spec.source} into {cache}.")
+        return Verdict("False", cond.DOWNLOADING, f"Downloading {spec.source} into {cache}.")
     return Verdict(
-        "False", "FillPending", f"The fill Job for {cache} is waiting for a pod to start."
+        "False", cond.FILL_PENDING, f"The fill Job for {cache} is waiting for a pod to start."
     )
 
 
@@ -228,7 +247,7 @@ def model_weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
             return Verdict(one.status, one.reason, f"Adapter {adapter.name}: {one.message}")
     if spec.adapters:
         names_ = ", ".join(a.name for a in spec.adapters)
-        return Verdict("True", "CacheFilled", f"{verdict.message} Adapters filled: {names_}.")
+        return Verdict("True", cond.CACHE_FILLED, f"{verdict.message} Adapters filled: {names_}.")
     return verdict
 
 
@@ -246,28 +265,28 @@ def serving(spec: AlpacaModelSpec, children: ModelChildren, weights_ok: bool) ->
     if "rayservices.ray.io" not in children.crds:
         return Verdict(
             "False",
-            "KubeRayMissing",
+            cond.KUBERAY_MISSING,
             f"The ray.io/v1 RayService CRD is not installed: {KUBERAY_INSTALL}.",
         )
     if not weights_ok:
         return Verdict(
-            "False", "WaitingForWeights", "Serving starts once the weights cache is filled."
+            "False", cond.WAITING_FOR_WEIGHTS, "Serving starts once the weights cache is filled."
         )
     rs = children.rayservice
     if rs is None:
-        return Verdict("False", "Deploying", "Creating the RayService.")
+        return Verdict("False", cond.DEPLOYING, "Creating the RayService.")
     app, app_message = _app_status(rs)
     ready = condition_of(rs, "Ready")
     if app in ("DEPLOY_FAILED", "UNHEALTHY"):
         return Verdict(
-            "False", "ServeDeployFailed", f"Ray Serve reports {app}: {app_message[:500]}"
+            "False", cond.SERVE_DEPLOY_FAILED, f"Ray Serve reports {app}: {app_message[:500]}"
         )
     if ready and ready.get("status") == "True":
-        return Verdict("True", "Serving", "The OpenAI-compatible API answers.")
+        return Verdict("True", cond.ENDPOINT_SERVING, "The OpenAI-compatible API answers.")
     if app == "DEPLOYING":
-        return Verdict("False", "EngineLoading", "vLLM is loading the model.")
+        return Verdict("False", cond.ENGINE_LOADING, "vLLM is loading the model.")
     return Verdict(
-        "False", "WaitingForRayCluster", "Waiting for the Ray head and workers to start."
+        "False", cond.WAITING_FOR_RAY_CLUSTER, "Waiting for the Ray head and workers to start."
     )
 
 
@@ -275,7 +294,7 @@ def ready(stages: dict[str, Verdict], endpoint: str) -> Verdict:
     for type_ in (CAPACITY, WEIGHTS, SERVING):
         if not stages[type_].ok:
             return Verdict("False", stages[type_].reason, f"{type_}: {stages[type_].message}")
-    return Verdict("True", "Ready", f"Serving at {endpoint}/v1.")
+    return Verdict("True", cond.ALL_STAGES_READY, f"Serving at {endpoint}/v1.")
 
 
 def phase(stages: dict[str, Verdict], was_ready: bool) -> str:
@@ -330,7 +349,11 @@ def with_deadlines(
     out = dict(stages)
     for type_, (reason, limit) in DEADLINES.items():
         verdict = stages[type_]
-        if verdict.ok or verdict.reason in FAILURE_REASONS or verdict.reason == "WaitingForWeights":
+        if (
+            verdict.ok
+            or verdict.reason in FAILURE_REASONS
+            or verdict.reason == cond.WAITING_FOR_WEIGHTS
+        ):
             continue
         start = _since(previous, type_, "False")
         if type_ == SERVING:

@@ -154,6 +154,5 @@ def run_finetune(ctx: FineTuneContext, body: dict[str, Any], now: datetime.datet
     if accepted.status["phase"] == "Failed":
         return accepted
     spec = AlpacaFineTuneSpec.model_validate(raw)
-    outcome = reconcile_finetune(ctx, body, spec, accepted.status["conditions"], now)
-    outcome.events = [*accepted.events, *outcome.events]
-    return outcome
+    # its Events cover every condition, Accepted included (accept's too would post it twice)
+    return reconcile_finetune(ctx, body, spec, accepted.status["conditions"], now)

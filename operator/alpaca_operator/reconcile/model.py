@@ -165,13 +165,13 @@ def model_status(
         events.append(
             Event(
                 "Normal",
-                "RayClusterRecreated",
+                cond.RAYCLUSTER_RECREATED,
                 "The pod templates changed (image, GPUs, CPU, memory or placement): the RayCluster is recreated from the new spec; serving pauses until it is up.",
             )
         )
     elif children.cluster_action:
         events.append(
-            Event("Normal", "RayClusterRescaled", "Worker min/max replicas updated in place.")
+            Event("Normal", cond.RAYCLUSTER_RESCALED, "Worker min/max replicas updated in place.")
         )
     return Outcome(status=new_status, events=events)
 
@@ -191,6 +191,5 @@ def run_model(ctx: ModelContext, body: dict[str, Any], now: datetime.datetime) -
             pending_message="",
         )
     spec = AlpacaModelSpec.model_validate(body["spec"])
-    outcome = reconcile_model(ctx, body, spec, accepted.status["conditions"], now)
-    outcome.events = [*accepted.events, *outcome.events]
-    return outcome
+    # its Events cover every condition, Accepted included (accept's too would post it twice)
+    return reconcile_model(ctx, body, spec, accepted.status["conditions"], now)

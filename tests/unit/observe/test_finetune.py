@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from alpaca_operator import conditions as cond
 from alpaca_operator.api import AlpacaFineTuneSpec
 from alpaca_operator.observe import finetune as observe
 from alpaca_operator.observe.model import CacheState
@@ -62,3 +63,77 @@ def test_suspended_says_how_to_resume():
     assert verdicts[observe.TRAINING].reason == "Suspended"
     assert "resume" in verdicts[observe.TRAINING].message
     assert observe.phase(spec, verdicts) == "Suspended"
+
+
+def _suspended_job() -> dict[str, Any]:
+    return {"metadata": {"name": "ft-train"}, "spec": {"suspend": True}, "status": {}}
+
+
+def test_a_suspended_job_is_queued_in_kueue_or_suspended():
+    queued = SPEC.model_copy(update={"queue_name": "gpus"})
+    children = observe.FineTuneChildren(cache=FILLED, job=_suspended_job())
+    verdicts = observe.verdicts(queued, children, "x")
+    assert verdicts[observe.TRAINING].reason == cond.QUEUED
+    assert "gpus" in verdicts[observe.TRAINING].message
+    assert observe.phase(queued, verdicts) == "Suspended"
+    # spec.suspend wins over the queue; without a queue a suspended Job is suspended too
+    for spec in (queued.model_copy(update={"suspend": True}), SPEC):
+        assert observe.training(spec, children).reason == cond.SUSPENDED
+
+
+def test_the_job_is_being_created_once_the_weights_are_filled():
+    verdicts = observe.verdicts(SPEC, observe.FineTuneChildren(cache=FILLED), "x")
+    assert verdicts[observe.TRAINING].reason == cond.JOB_CREATING
+    assert verdicts[observe.SUCCEEDED].reason == cond.NOT_FINISHED
+    assert observe.SERVED not in verdicts  # no spec.serve
+
+
+def test_suspending_a_finished_run_does_not_unfinish_it():
+    spec = SPEC.model_copy(update={"suspend": True})
+    children = observe.FineTuneChildren(cache=FILLED, job=_job({"succeeded": 2}, "Complete"))
+    verdicts = observe.verdicts(spec, children, "pvc://ft-output/final")
+    assert verdicts[observe.TRAINING].reason == cond.COMPLETED
+    assert observe.phase(spec, verdicts) == "Succeeded"
+    assert (
+        verdicts[observe.SUCCEEDED].message == "The fine-tuned adapter is at pvc://ft-output/final."
+    )
+
+
+def test_served_says_when_the_model_is_created():
+    spec = AlpacaFineTuneSpec.model_validate(
+        {
+            "baseModel": {"source": "hf://o/base"},
+            "dataset": {"source": "https://d/alpaca.json"},
+            "serve": {"name": "mine"},
+        }
+    )
+    waiting = observe.verdicts(spec, observe.FineTuneChildren(cache=FILLED), "x")
+    assert (waiting[observe.SERVED].reason, waiting[observe.SERVED].ok) == (
+        cond.WAITING_FOR_TRAINING,
+        False,
+    )
+    children = observe.FineTuneChildren(
+        cache=FILLED, job=_job({"succeeded": 1}, "Complete"), served={"metadata": {}}
+    )
+    done = observe.verdicts(spec, children, "pvc://o/final")
+    assert (done[observe.SERVED].reason, done[observe.SERVED].ok) == (cond.MODEL_CREATED, True)
+    assert done[observe.SUCCEEDED].message == "The fine-tuned model is at pvc://o/final."
+
+
+@pytest.mark.parametrize(
+    ("pod_message", "condition", "shown"),
+    [
+        ("CUDA out of memory", {"message": "backoff", "reason": "BackoffLimitExceeded"}, "CUDA"),
+        (None, {"message": "backoff", "reason": "BackoffLimitExceeded"}, "backoff"),
+        (None, {"reason": "DeadlineExceeded"}, "DeadlineExceeded"),
+        (None, {}, "see the pod logs"),
+    ],
+)
+def test_a_training_failure_says_the_most_precise_thing_known(pod_message, condition, shown):
+    job = _job({"failed": 1})
+    job["status"]["conditions"] = [{"type": "Failed", "status": "True", **condition}]
+    children = observe.FineTuneChildren(cache=FILLED, job=job, failure_message=pod_message)
+    verdict = observe.training(SPEC, children)
+    assert verdict.reason == cond.TRAINING_FAILED
+    assert shown in verdict.message
+    assert verdict.reason in cond.FAILURE_REASONS  # phase Failed and a Warning Event

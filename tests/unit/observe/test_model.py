@@ -1,5 +1,8 @@
 import datetime
 
+import pytest
+
+from alpaca_operator import conditions as cond
 from alpaca_operator.api import AlpacaModelSpec
 from alpaca_operator.conditions import CAPACITY, READY, SERVING, WEIGHTS, Verdict
 from alpaca_operator.observe import model as observe
@@ -158,3 +161,170 @@ def test_an_adapter_cache_shares_the_models_credentials_and_storage():
         "ReadWriteOnce",
     )
     assert w.cache.size == "2Gi"
+
+
+# --- every stage's reasons, table-driven ------------------------------------------------
+
+KARPENTER = AlpacaModelSpec.model_validate(
+    {
+        "weights": {"source": "hf://o/m"},
+        "resources": {"gpus": 1},
+        "capacity": {"provisioner": "karpenter", "karpenter": {"nodeClassRef": {"name": "gpu"}}},
+    }
+)
+
+
+def _pool(status: str | None) -> dict:
+    conds = [] if status is None else [{"type": "Ready", "status": status, "message": "no quota"}]
+    return {"metadata": {"name": "pool"}, "status": {"conditions": conds}}
+
+
+@pytest.mark.parametrize(
+    ("crds", "pool", "reason", "ok"),
+    [
+        (set(), None, cond.NODEPOOL_CRD_MISSING, False),
+        ({"nodepools.karpenter.sh"}, None, cond.NODEPOOL_CREATING, False),
+        ({"nodepools.karpenter.sh"}, _pool(None), cond.WAITING_FOR_NODEPOOL, False),
+        ({"nodepools.karpenter.sh"}, _pool("False"), cond.NODEPOOL_REJECTED, False),
+        ({"nodepools.karpenter.sh"}, _pool("True"), cond.NODEPOOL_READY, True),
+    ],
+)
+def test_karpenter_capacity(crds, pool, reason, ok):
+    v = observe.capacity(KARPENTER, observe.ModelChildren(crds=crds, nodepool=pool), {})
+    assert (v.reason, v.ok) == (reason, ok)
+    if reason == cond.NODEPOOL_REJECTED:
+        assert "no quota" in v.message
+
+
+def test_cpu_only_needs_no_gpu_node():
+    spec = AlpacaModelSpec.model_validate({"weights": {"source": "/m"}, "resources": {"gpus": 0}})
+    v = observe.capacity(spec, observe.ModelChildren(), {})
+    assert (v.reason, v.ok) == (cond.CPU_ONLY, True)
+
+
+def _job(annotations: dict | None = None, status: dict | None = None, *conditions: str) -> dict:
+    conds = [{"type": c, "status": "True"} for c in conditions]
+    return {
+        "metadata": {"annotations": annotations or {}},
+        "status": {**(status or {}), "conditions": conds},
+    }
+
+
+@pytest.mark.parametrize(
+    ("pvc", "job", "message", "reason"),
+    [
+        (None, None, None, cond.CACHE_CREATING),
+        ({"metadata": {}}, None, None, cond.FILL_PENDING),
+        ({"metadata": {}}, _job(), None, cond.FILL_PENDING),
+        ({"metadata": {}}, _job(status={"active": 1}), None, cond.DOWNLOADING),
+        ({"metadata": {}}, _job({"alpaca.dev/fill-phase": "verifying"}), None, cond.VERIFYING),
+        ({"metadata": {}}, _job({}, {}, "Complete"), None, cond.CACHE_VERIFYING),
+        (
+            {"metadata": {}},
+            _job({}, {"failed": 1}, "Failed"),
+            "SourceNotFound: 404",
+            "SourceNotFound",
+        ),
+        ({"metadata": {}}, _job({}, {"failed": 1}, "Failed"), None, cond.FILL_FAILED),
+        # a crash's log tail that happens to start with `Word:` is not one of the CLI's reasons
+        (
+            {"metadata": {}},
+            _job({}, {"failed": 5}, "Failed"),
+            "INFO: loading shard 3",
+            cond.FILL_FAILED,
+        ),
+        (
+            {"metadata": {"annotations": {"alpaca.dev/filled": "true"}}},
+            _job({}, {"failed": 1}, "Failed"),
+            None,
+            cond.CACHE_FILLED,
+        ),
+    ],
+)
+def test_weights_stage(pvc, job, message, reason):
+    state = observe.CacheState(pvc=pvc, fill_job=job, fill_pod_message=message)
+    v = observe.weights(SPEC.weights, state)
+    assert v.reason == reason
+    assert v.ok == (reason == cond.CACHE_FILLED)
+
+
+def test_a_failed_fill_is_a_failure_and_keeps_what_the_pod_said():
+    state = observe.CacheState(
+        pvc={"metadata": {}},
+        fill_job=_job({}, {"failed": 5}, "Failed"),
+        fill_pod_message="INFO: loading shard 3",
+    )
+    v = observe.weights(SPEC.weights, state)
+    assert v.message.endswith("failed: INFO: loading shard 3")
+    assert v.reason in cond.FAILURE_REASONS
+    empty = observe.CacheState(pvc={"metadata": {}}, fill_job=_job({}, {}, "Failed"))
+    assert "see its pod logs" in observe.weights(SPEC.weights, empty).message
+
+
+def _rayservice(app: str = "", ready: str | None = None) -> dict:
+    status: dict = {"activeServiceStatus": {"applicationStatuses": {}}}
+    if app:
+        status["activeServiceStatus"]["applicationStatuses"]["alpaca"] = {
+            "status": app,
+            "message": "boom",
+        }
+    if ready:
+        status["conditions"] = [{"type": "Ready", "status": ready}]
+    return {"status": status}
+
+
+@pytest.mark.parametrize(
+    ("crds", "weights_ok", "rs", "reason"),
+    [
+        (set(), True, _rayservice(), cond.KUBERAY_MISSING),
+        ({"rayservices.ray.io"}, False, None, cond.WAITING_FOR_WEIGHTS),
+        ({"rayservices.ray.io"}, True, None, cond.DEPLOYING),
+        ({"rayservices.ray.io"}, True, _rayservice(), cond.WAITING_FOR_RAY_CLUSTER),
+        ({"rayservices.ray.io"}, True, _rayservice("DEPLOYING"), cond.ENGINE_LOADING),
+        ({"rayservices.ray.io"}, True, _rayservice("DEPLOY_FAILED"), cond.SERVE_DEPLOY_FAILED),
+        ({"rayservices.ray.io"}, True, _rayservice("UNHEALTHY", "True"), cond.SERVE_DEPLOY_FAILED),
+        ({"rayservices.ray.io"}, True, _rayservice("RUNNING", "True"), cond.ENDPOINT_SERVING),
+    ],
+)
+def test_serving_stage(crds, weights_ok, rs, reason):
+    children = observe.ModelChildren(crds=crds, rayservice=rs)
+    assert observe.serving(SPEC, children, weights_ok).reason == reason
+
+
+def test_ready_carries_the_first_waiting_stage_and_the_phase_follows():
+    ok = Verdict("True", "X", "")
+    stages = {
+        CAPACITY: ok,
+        WEIGHTS: Verdict("False", cond.DOWNLOADING, "50%"),
+        SERVING: Verdict("False", cond.WAITING_FOR_WEIGHTS, ""),
+    }
+    ready = observe.ready(stages, "http://e")
+    assert (ready.reason, ready.message) == (cond.DOWNLOADING, f"{WEIGHTS}: 50%")
+    stages[WEIGHTS] = ok
+    stages[SERVING] = Verdict("False", cond.ENGINE_LOADING, "")
+    assert observe.phase({**stages, READY: observe.ready(stages, "e")}, False) == "Deploying"
+    stages[CAPACITY] = Verdict("False", cond.WAITING_FOR_NODES, "")
+    assert observe.phase({**stages, READY: observe.ready(stages, "e")}, False) == "Provisioning"
+    stages = {CAPACITY: ok, WEIGHTS: ok, SERVING: ok}
+    ready = observe.ready(stages, "http://e")
+    assert (ready.reason, ready.message) == (cond.ALL_STAGES_READY, "Serving at http://e/v1.")
+    assert observe.phase({**stages, READY: ready}, False) == "Ready"
+
+
+def test_failures_and_waiting_for_weights_never_time_out():
+    now = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    long_ago = "2026-01-01T00:00:00Z"
+    deadlined = (CAPACITY, WEIGHTS, SERVING)
+    previous = [{"type": t, "status": "False", "lastTransitionTime": long_ago} for t in deadlined]
+    stages = {
+        CAPACITY: Verdict("False", cond.INSUFFICIENT_GPU, ""),
+        WEIGHTS: Verdict("False", cond.DOWNLOADING, "slow"),
+        SERVING: Verdict("False", cond.WAITING_FOR_WEIGHTS, ""),
+    }
+    out = observe.with_deadlines(stages, previous, now)
+    assert [out[t].reason for t in deadlined] == [
+        cond.INSUFFICIENT_GPU,
+        cond.WEIGHTS_TIMEOUT,
+        cond.WAITING_FOR_WEIGHTS,
+    ]
+    assert out[WEIGHTS].message.endswith("(deadline 180): slow")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from alpaca_operator.api import AlpacaModelSpec
+from alpaca_operator.api import AlpacaFineTuneSpec, AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.reconcile.serving import application_for
-from alpaca_operator.render import capacity, names, rayservice, weights
+from alpaca_operator.render import capacity, finetune, names, rayservice, weights
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden"
@@ -24,7 +24,16 @@ MODELS = [
     for p in sorted((REPO / "examples").glob("*.yaml"))
     if yaml.safe_load(p.read_text())["kind"] == "AlpacaModel"
 ]
-CONFIG = OperatorConfig(serving_image="alpaca-serving:test", weights_image="alpaca-weights:test")
+FINETUNES = [
+    p
+    for p in sorted((REPO / "examples").glob("*.yaml"))
+    if yaml.safe_load(p.read_text())["kind"] == "AlpacaFineTune"
+]
+CONFIG = OperatorConfig(
+    serving_image="alpaca-serving:test",
+    weights_image="alpaca-weights:test",
+    training_image="alpaca-training:test",
+)
 
 
 def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[str, Any]]:
@@ -84,3 +93,62 @@ def test_no_object_is_shared_between_manifests():
 def test_rendering_is_deterministic():
     doc = yaml.safe_load((REPO / "examples" / "alpaca-karpenter.yaml").read_text())
     assert render_model(doc) == render_model(doc)
+
+
+def render_finetune(doc: dict[str, Any], namespace: str = "default") -> list[dict[str, Any]]:
+    """Every child a fine-tune's reconcile renders, as its passes create them: the base weights'
+    cache and fill, the output volume, the rank Service, the trainer's account, the training Job
+    (suspended at creation when queued) and the AlpacaModel that serves the result."""
+    name = doc["metadata"]["name"]
+    spec = AlpacaFineTuneSpec.model_validate(doc["spec"])
+    cache = names.cache_name(spec.base_model)
+    out = [
+        weights.cache_pvc(spec.base_model, namespace),
+        *weights.fill_rbac(cache, namespace),
+        weights.fill_job(spec.base_model, namespace, CONFIG.weights_image),
+        finetune.output_pvc(spec, name, namespace),
+        finetune.rendezvous_service(name, namespace),
+        *finetune.trainer_rbac(name, namespace),
+        finetune.training_job(
+            spec,
+            name,
+            namespace,
+            cache,
+            spec.image or CONFIG.training_image,
+            CONFIG.weights_image,
+            capacity.placement(spec.capacity, spec.resources, namespace, name),
+            suspend=spec.suspend or spec.queue_name is not None,
+        ),
+        finetune.served_model(spec, name, namespace, spec.base_model.to_wire()),
+    ]
+    return [o for o in out if o is not None]
+
+
+@pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
+def test_finetune_renders_to_golden(path):
+    rendered = render_finetune(yaml.safe_load(path.read_text()))
+    golden = GOLDEN / path.name
+    text = yaml.safe_dump_all(rendered, sort_keys=False, width=100)
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} missing: run `make golden`"
+    assert list(yaml.safe_load_all(golden.read_text())) == rendered, (
+        f"{path.name} differs from {golden}: review, then `make golden`"
+    )
+
+
+@pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
+def test_no_object_is_shared_between_finetune_manifests(path):
+    text = yaml.safe_dump_all(render_finetune(yaml.safe_load(path.read_text())), sort_keys=False)
+    assert "&id" not in text
+
+
+@pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
+def test_finetune_rendering_is_deterministic(path):
+    doc = yaml.safe_load(path.read_text())
+    assert render_finetune(doc) == render_finetune(doc)
+
+
+def test_every_example_has_a_golden_file():
+    assert FINETUNES and MODELS
+    assert {p.name for p in GOLDEN.glob("*.yaml")} == {p.name for p in MODELS + FINETUNES}

@@ -1,0 +1,258 @@
+"""reconcile/model.py: what one pass over an AlpacaModel creates, and the status that follows.
+
+The same path as tests/integration/test_model_reconcile.py, on the in-memory fake: the stages
+move as the other controllers (Job controller, KubeRay, Karpenter) report.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from alpaca_operator import conditions as cond
+from alpaca_operator.api import AlpacaModelSpec
+from alpaca_operator.reconcile.model import RAYSERVICE_CRD
+from alpaca_operator.render import names
+
+from .fake_kube import FakeKube
+from .support import (
+    ALL_CRDS,
+    NOW,
+    NS,
+    complete_job,
+    create,
+    example,
+    fail_job,
+    model_context,
+    model_pass,
+    owners,
+    rayservice_ready,
+    reasons,
+    terminated_pod,
+)
+
+GPU_LABELS = {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A10G"}
+
+
+def _cache(doc: dict[str, Any]) -> str:
+    return names.cache_name(AlpacaModelSpec.model_validate(doc["spec"]).weights)
+
+
+def _node(kube: FakeKube, name: str, gpus: int, labels: dict[str, str]) -> None:
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+        }
+    )
+
+
+def test_a_model_goes_through_every_stage():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca.yaml")
+    create(kube, doc)
+    cache = _cache(doc)
+
+    # 1. No GPU node: capacity waits; the cache and its fill Job exist; no RayService yet.
+    obj, _ = model_pass(ctx, "alpaca-7b")
+    assert obj["status"]["phase"] == "Provisioning"
+    assert reasons(obj) == {
+        cond.ACCEPTED: cond.SPEC_VALID,
+        cond.CAPACITY: cond.WAITING_FOR_NODES,
+        cond.WEIGHTS: cond.FILL_PENDING,
+        cond.SERVING: cond.WAITING_FOR_WEIGHTS,
+        cond.READY: cond.WAITING_FOR_NODES,
+    }
+    assert owners(kube.stored("v1", "PersistentVolumeClaim", cache, NS)) == [
+        ("AlpacaModel", "alpaca-7b", False)
+    ]
+    assert kube.names("Job") == [names.fill_job_name(cache)]
+    assert kube.names("RayService") == [] and kube.names("Service") == []
+
+    # 2. A node too small (a failure a person must fix), then one large enough.
+    _node(kube, "small", 0, GPU_LABELS)
+    obj, _ = model_pass(ctx, "alpaca-7b")
+    assert reasons(obj)[cond.CAPACITY] == cond.INSUFFICIENT_GPU
+    assert obj["status"]["phase"] == "Failed"
+    _node(kube, "big", 4, GPU_LABELS)
+    obj, _ = model_pass(ctx, "alpaca-7b")
+    assert reasons(obj)[cond.CAPACITY] == cond.NODES_AVAILABLE
+    assert obj["status"]["phase"] == "Downloading"
+
+    # 3. The fill Job completes: the cache is marked filled, the RayService and Service appear.
+    complete_job(kube, names.fill_job_name(cache))
+    obj, _ = model_pass(ctx, "alpaca-7b")
+    assert reasons(obj)[cond.WEIGHTS] == cond.CACHE_FILLED
+    assert reasons(obj)[cond.SERVING] == cond.WAITING_FOR_RAY_CLUSTER
+    assert obj["status"]["phase"] == "Deploying"
+    rs = kube.stored("ray.io/v1", "RayService", "alpaca-7b", NS)
+    assert owners(rs) == [("AlpacaModel", "alpaca-7b", True)]
+    assert rs["spec"]["upgradeStrategy"]["type"] == "None"
+    service = kube.stored("v1", "Service", names.endpoint_service_name("alpaca-7b"), NS)
+    assert owners(service) == [("AlpacaModel", "alpaca-7b", True)]
+    assert obj["status"].get("endpoint", "") == ""
+
+    # 4. KubeRay reports the app running: Ready, with the endpoint and replicas.
+    rayservice_ready(kube, "alpaca-7b", workers=2)
+    obj, _ = model_pass(ctx, "alpaca-7b")
+    assert obj["status"]["phase"] == "Ready"
+    assert reasons(obj)[cond.READY] == cond.ALL_STAGES_READY
+    assert obj["status"]["endpoint"] == f"http://alpaca-7b-openai.{NS}.svc:8000"
+    assert (obj["status"]["replicas"], obj["status"]["ready"]) == (2, "2/2")
+
+    # 5. Nothing changed: the next pass sends no write, and posts no Event.
+    writes = kube.writes
+    _, outcome = model_pass(ctx, "alpaca-7b")
+    assert kube.writes == writes and outcome.events == []
+
+
+def test_each_condition_transition_is_one_event():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    create(kube, example("alpaca-local.yaml"))
+    _, outcome = model_pass(ctx, "smollm2")
+    posted = [(e.type, e.reason) for e in outcome.events]
+    assert sorted(posted) == sorted(
+        [
+            ("Normal", cond.SPEC_VALID),
+            ("Normal", cond.CPU_ONLY),
+            ("Normal", cond.FILL_PENDING),
+            ("Normal", cond.WAITING_FOR_WEIGHTS),
+            ("Normal", cond.FILL_PENDING),  # Ready, whose reason is the first waiting stage's
+        ]
+    )
+    assert [e.message.split("=")[0] for e in outcome.events].count(cond.ACCEPTED) == 1
+
+
+def test_an_invalid_spec_touches_no_child():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    doc["spec"]["autoscaling"] = {"minReplicas": -1}
+    create(kube, doc)
+    obj, outcome = model_pass(ctx, "smollm2")
+    assert obj["status"]["phase"] == "Failed"
+    assert reasons(obj) == {cond.ACCEPTED: cond.INVALID_SPEC, cond.READY: cond.INVALID_SPEC}
+    assert [w.kind for w in kube.writes_log] == ["AlpacaModel"]  # the status, nothing else
+    assert ("Warning", cond.INVALID_SPEC) in [(e.type, e.reason) for e in outcome.events]
+
+
+def test_without_kuberay_the_weights_fill_and_serving_names_the_fix():
+    kube = FakeKube()  # no RayService CRD
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc)
+    obj, _ = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.SERVING] == cond.KUBERAY_MISSING
+    assert "helm install kuberay-operator" in _message(obj, cond.SERVING)
+    assert obj["status"]["phase"] == "Failed"
+    complete_job(kube, names.fill_job_name(_cache(doc)))
+    obj, _ = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == cond.CACHE_FILLED
+    assert kube.names("RayService") == []
+    kube.crds.add(RAYSERVICE_CRD)  # KubeRay installed later: the next pass deploys
+    obj, _ = model_pass(ctx, "smollm2")
+    assert kube.names("RayService") == ["smollm2"]
+    assert obj["status"]["phase"] == "Deploying"
+
+
+def _message(obj: dict[str, Any], type_: str) -> str:
+    return next(c["message"] for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def test_karpenter_capacity_is_a_nodepool():
+    kube = FakeKube()
+    ctx = model_context(kube)
+    create(kube, example("alpaca-karpenter.yaml"))
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    assert reasons(obj)[cond.CAPACITY] == cond.NODEPOOL_CRD_MISSING
+    assert "install Karpenter" in _message(obj, cond.CAPACITY)
+    assert kube.names("NodePool") == []
+
+    kube.crds.update(ALL_CRDS)
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    pool = names.nodepool_name(NS, "alpaca-7b-spot")
+    assert kube.names("NodePool") == [pool]
+    assert reasons(obj)[cond.CAPACITY] == cond.WAITING_FOR_NODEPOOL
+    assert kube.list("v1", "Node") == [] and not any(w.kind == "Node" for w in kube.writes_log)
+    kube.set_status(
+        "karpenter.sh/v1",
+        "NodePool",
+        pool,
+        None,
+        {"conditions": [{"type": "Ready", "status": "True"}]},
+    )
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    assert reasons(obj)[cond.CAPACITY] == cond.NODEPOOL_READY
+
+
+def test_serving_waits_for_every_adapter_cache():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-karpenter.yaml")
+    create(kube, doc)
+    spec = AlpacaModelSpec.model_validate(doc["spec"])
+    caches = [names.cache_name(spec.weights)] + [
+        names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters
+    ]
+    model_pass(ctx, "alpaca-7b-spot")
+    assert kube.names("PersistentVolumeClaim") == sorted(caches)
+    assert kube.names("Job") == sorted(names.fill_job_name(c) for c in caches)
+    for cache in caches[:2]:
+        complete_job(kube, names.fill_job_name(cache))
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    assert kube.names("RayService") == []
+    assert reasons(obj)[cond.WEIGHTS] == cond.FILL_PENDING
+    assert _message(obj, cond.WEIGHTS).startswith("Adapter alpaca-support: ")
+    complete_job(kube, names.fill_job_name(caches[2]))
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    assert kube.names("RayService") == ["alpaca-7b-spot"]
+
+
+def test_two_models_share_one_cache_and_one_fill():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc, "first")
+    create(kube, doc, "second")
+    model_pass(ctx, "first")
+    model_pass(ctx, "second")
+    cache = _cache(doc)
+    assert kube.names("PersistentVolumeClaim") == [cache]
+    both = [("AlpacaModel", "first", False), ("AlpacaModel", "second", False)]
+    assert owners(kube.stored("v1", "PersistentVolumeClaim", cache, NS)) == both
+    assert owners(kube.stored("batch/v1", "Job", names.fill_job_name(cache), NS)) == both
+
+
+def test_a_stage_past_its_deadline_says_so_and_warns():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca.yaml")
+    doc["spec"]["capacity"]["nodeSelector"] = {"pool": "none"}
+    create(kube, doc, "slow")
+    model_pass(ctx, "slow", NOW)
+    obj, outcome = model_pass(ctx, "slow", NOW + datetime.timedelta(minutes=25))
+    assert reasons(obj)[cond.CAPACITY] == cond.CAPACITY_TIMEOUT
+    assert "deadline 20" in _message(obj, cond.CAPACITY)
+    assert reasons(obj)[cond.WEIGHTS] != cond.WEIGHTS_TIMEOUT  # its deadline is longer
+    assert ("Warning", cond.CAPACITY_TIMEOUT) in [(e.type, e.reason) for e in outcome.events]
+    assert obj["status"]["phase"] == "Provisioning"  # a timeout warns; the phase stays
+
+
+def test_a_fill_failure_reason_reaches_the_status():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc)
+    model_pass(ctx, "smollm2")
+    job = names.fill_job_name(_cache(doc))
+    terminated_pod(kube, job, f"{job}-x1", "ChecksumMismatch: model.safetensors differs")
+    fail_job(kube, job, "PodFailurePolicy")
+    obj, outcome = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == "ChecksumMismatch"
+    assert "model.safetensors differs" in _message(obj, cond.WEIGHTS)
+    assert obj["status"]["phase"] == "Failed"
+    assert ("Warning", "ChecksumMismatch") in [(e.type, e.reason) for e in outcome.events]
