@@ -23,13 +23,10 @@ from tests.tiny_llama import FIXTURE, build_tiny_llama
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/node/" in str(item.fspath):
-            item.add_marker(pytest.mark.node)
-            item.add_marker(pytest.mark.xdist_group("node"))
-            # pods start for real: the first test also waits for the node, images and chart
-            item.add_marker(pytest.mark.timeout(2400))
+# Every node test module carries these as its pytestmark (xdist groups by marks present at
+# collection): one xdist worker runs the node tier, one node at a time; pods start for real, and
+# the first test also waits for the node, the images and the chart.
+NODE = [pytest.mark.node, pytest.mark.xdist_group("node"), pytest.mark.timeout(2400)]
 
 
 def _script(name: str, *args: str) -> Path:

@@ -21,7 +21,9 @@ from alpaca_dev.node import NODE_NAME
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
 from alpaca_serving.templates import alpaca_prompt
-from tests.node.conftest import Cluster, isolated_namespace
+from tests.node.conftest import NODE, Cluster, isolated_namespace
+
+pytestmark = NODE
 
 NS = "users"
 MODEL = "smollm2"

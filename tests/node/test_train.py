@@ -13,7 +13,9 @@ import pytest
 
 from alpaca_dev import stack
 from alpaca_operator.render import names
-from tests.node.conftest import Cluster, isolated_namespace
+from tests.node.conftest import NODE, Cluster, isolated_namespace
+
+pytestmark = NODE
 
 NS = "research"
 FINETUNE, SERVED = "tiny-lora", "tiny-served"

@@ -50,12 +50,10 @@ RAY_LOGS = Path(
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/serving/" in str(item.fspath):
-            item.add_marker(pytest.mark.serving)
-            # one xdist worker runs all serving tests (one Ray at a time), beside the cluster tests
-            item.add_marker(pytest.mark.xdist_group("serving"))
+# Every serving test module carries these (a module's pytestmark: xdist groups the tests by
+# marks present at collection, which a conftest's collection hook adds too late): one xdist
+# worker runs all serving tests, against one Ray app, beside the other tiers.
+SERVING = [pytest.mark.serving, pytest.mark.xdist_group("serving")]
 
 
 @dataclass

@@ -11,6 +11,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from alpaca_serving.templates import alpaca_prompt
+from tests.serving.conftest import SERVING
+
+pytestmark = SERVING
 
 
 @pytest.fixture(scope="module")

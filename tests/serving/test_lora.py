@@ -7,7 +7,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.serving.conftest import ADAPTER, MODEL, Served
+from tests.serving.conftest import ADAPTER, MODEL, SERVING, Served
+
+pytestmark = SERVING
 
 PROMPT = "Below is an instruction that describes a task."
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import Served, _isolated, _namespace_processes
+from tests.serving.conftest import SERVING, Served, _isolated, _namespace_processes
 
-pytestmark = pytest.mark.skipif(not _isolated(), reason="needs root and unshare for a private /tmp")
+pytestmark = [
+    *SERVING,
+    pytest.mark.skipif(not _isolated(), reason="needs root and unshare for a private /tmp"),
+]
 
 
 def test_the_worker_node_does_not_see_the_builders_tmp(served: Served):

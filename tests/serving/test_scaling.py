@@ -10,7 +10,9 @@ import time
 
 import openai
 
-from tests.serving.conftest import Served
+from tests.serving.conftest import SERVING, Served
+
+pytestmark = SERVING
 
 WANTED = ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
 
