@@ -191,7 +191,9 @@ class HostState:
             if value is not None and read_sysctl(key) != value:
                 with contextlib.suppress(OSError):
                     write_sysctl(key, value)
-        problems += [f"cgroup {d}" for d in remove_cgroups(cgroup_root)]
+        left = remove_cgroups(cgroup_root)
+        if left:  # deepest first: the first one names the pod, the count says how many more
+            problems.append(f"{len(left)} cgroup folders under {cgroup_root}, e.g. {left[0]}")
         for path in set(FIXED_PATHS) - self.existing_paths:
             if os.path.isdir(path) and not os.path.islink(path):
                 unmount_all(Path(path))
