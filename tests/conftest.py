@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from alpaca_dev.controlplane import ControlPlane
+from alpaca_dev.controlplane import ControlPlane, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,3 +91,29 @@ def kube(control_plane: ControlPlane):
     from alpaca_operator.kube import Kube
 
     return Kube(kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig)))
+
+
+def start_operator(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The operator as a process (`alpaca-operator run ARGS`), talking to the cluster `env`'s
+    KUBECONFIG names, its output in `log`: how every tier without a node runs it (the node
+    tier installs the chart)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "alpaca_operator.cli", "run", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@contextlib.contextmanager
+def operator_process(
+    env: dict[str, str], log: Path, *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """start_operator for a block; stopped afterwards, the end of its log printed."""
+    proc = start_operator(env, log, *args)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+        print(log.read_text()[-4000:])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from alpaca_dev.controlplane import free_port, stop_process, wait_for
+from alpaca_dev.controlplane import free_port, wait_for
+from tests.conftest import operator_process
 
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "e2e"  # the operator under test watches e2e-* only
@@ -28,25 +28,9 @@ def _wait(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
 @pytest.fixture(scope="module")
 def operator(control_plane, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alpaca_operator.cli",
-                "run",
-                "--standalone",
-                "-n",
-                "e2e-*",
-                f"--metrics-port={METRICS_PORT}",
-            ],
-            env=control_plane.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    yield proc
-    stop_process(proc)
-    print(log.read_text()[-4000:])
+    args = ("--standalone", "-n", "e2e-*", f"--metrics-port={METRICS_PORT}")
+    with operator_process(control_plane.env(), log, *args) as proc:
+        yield proc
 
 
 def _get(cp, ns: str, resource: str, name: str) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from alpaca_dev.controlplane import ControlPlane, free_port, stop_process, wait_for
+from tests.conftest import start_operator
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -41,22 +41,8 @@ def plane(control_plane, tmp_path_factory) -> Iterator[ControlPlane]:
 
 
 def _start(cp: ControlPlane, priority: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alpaca_operator.cli",
-                "run",
-                f"--peering={PEERING}",
-                f"--priority={priority}",
-                f"--metrics-port={free_port()}",
-                "--verbose",
-            ],
-            env=cp.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    args = (f"--peering={PEERING}", f"--priority={priority}", f"--metrics-port={free_port()}")
+    return start_operator(cp.env(), log, *args, "--verbose")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from alpaca_dev.controlplane import ControlPlane, free_port, stop_process, wait_for
 from alpaca_operator.rbac import RULES, clusterrole_template
+from tests.conftest import start_operator
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -246,22 +246,8 @@ def test_helm_install_and_reconcile_as_the_charts_service_account(audited, tmp_p
     # The Deployment cannot run here (no kubelet): run the same operator as its ServiceAccount.
     kubeconfig = _token_kubeconfig(cp, tmp_path / "sa.kubeconfig")
     log = tmp_path / "operator.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alpaca_operator.cli",
-                "run",
-                "--standalone",
-                "-n",
-                "team-a",
-                f"--metrics-port={free_port()}",
-            ],
-            env={**cp.env(), "KUBECONFIG": str(kubeconfig)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = {**cp.env(), "KUBECONFIG": str(kubeconfig)}
+    proc = start_operator(env, log, "--standalone", "-n", "team-a", f"--metrics-port={free_port()}")
     try:
         cp.kubectl_run("create", "namespace", "team-a")
         examples = ("alpaca.yaml", "alpaca-karpenter.yaml", "finetune.yaml")

@@ -70,9 +70,14 @@ def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[s
     return [o for o in out if o is not None]
 
 
-@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
-def test_model_renders_to_golden(path):
-    rendered = render_model(yaml.safe_load(path.read_text()))
+def _rendered(path: Path) -> list[dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text())
+    return render_finetune(doc) if path in FINETUNES else render_model(doc)
+
+
+@pytest.mark.parametrize("path", [*MODELS, *FINETUNES], ids=lambda p: p.name)
+def test_example_renders_to_golden(path):
+    rendered = _rendered(path)
     golden = GOLDEN / path.name
     text = yaml.safe_dump_all(rendered, sort_keys=False, width=100)
     if os.environ.get("UPDATE_GOLDEN"):
@@ -122,19 +127,6 @@ def render_finetune(doc: dict[str, Any], namespace: str = "default") -> list[dic
         finetune.served_model(spec, name, namespace, spec.base_model.to_wire()),
     ]
     return [o for o in out if o is not None]
-
-
-@pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
-def test_finetune_renders_to_golden(path):
-    rendered = render_finetune(yaml.safe_load(path.read_text()))
-    golden = GOLDEN / path.name
-    text = yaml.safe_dump_all(rendered, sort_keys=False, width=100)
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert golden.exists(), f"{golden} missing: run `make golden`"
-    assert list(yaml.safe_load_all(golden.read_text())) == rendered, (
-        f"{path.name} differs from {golden}: review, then `make golden`"
-    )
 
 
 @pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
