@@ -350,10 +350,51 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Run in the venv: its packages minus what only the development tools need (a new pytest or
+# ruff must not rebuild every image): the closure of every top-level package but the dev
+# extra's and the local distributions, plus what the programs' own extras require.
+_RUNTIME_PINS = r"""
+import json, re
+from importlib.metadata import distributions
+from packaging.requirements import Requirement
+
+def name(text):
+    return re.sub(r"[-_.]+", "-", text).lower()
+
+dists = {name(d.metadata["Name"]): d for d in distributions()}
+local = {"alpaca-operator", "alpaca-dev"}
+dev = set()
+for line in dists["alpaca-operator"].requires or []:
+    req = Requirement(line)
+    if req.marker is not None and req.marker.evaluate({"extra": "dev"}):
+        dev.add(name(req.name))
+
+def needs(dist, extras=("",)):
+    out = set()
+    for line in dist.requires or []:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
+            out.add(name(req.name))
+    return out
+
+required = set().union(*(needs(d) for d in dists.values()))
+programs = needs(dists["alpaca-operator"], ("", "operator", "weights", "serving", "training"))
+todo = [n for n in dists if n not in required and n not in dev | local] + sorted(programs)
+keep = set()
+while todo:
+    n = todo.pop()
+    if n in keep or n not in dists or n in local:
+        continue
+    keep.add(n)
+    todo.extend(needs(dists[n]))
+print(json.dumps({n: dists[n].version for n in sorted(keep)}))
+"""
+
+
 def venv_pins(python: Path) -> dict[str, str]:
-    """Every package the venv has, by canonical name, except the editable local ones."""
-    listing = run([python, "-m", "pip", "list", "--format=json", "--exclude-editable"])
-    return {canonical(p["name"]): p["version"] for p in json.loads(listing)}
+    """The venv's versions of everything the images may install, by canonical name: all its
+    packages except the local ones and those only the development tools need."""
+    return {canonical(n): v for n, v in json.loads(run([python, "-c", _RUNTIME_PINS])).items()}
 
 
 @dataclass(frozen=True)
@@ -379,27 +420,51 @@ class Wheelhouse:
             ) from None
 
     def ensure(self, cache: Cache, python: Path) -> Path:
+        """The folder of wheels for these pins: made once; wheels an older wheelhouse has at
+        the same version are hard-linked from it, only the others are fetched; older ones go."""
         folder = cache.wheelhouses / self.key
         if (folder / ".complete").exists():
             return folder
         partial = folder.with_name(folder.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)  # an interrupted run resumes
+        missing = self._link_from_older(cache, partial)
         requirements = partial / "requirements.txt"
-        requirements.write_text(self.requirements())
-        with timed(f"wheelhouse {self.key} ({len(self.pins)} packages)"):
-            # A wheel where PyPI has one (saved as it is), built from the sdist otherwise.
-            run(
-                [
-                    *(python, "-m", "pip", "wheel", "-q", "--no-deps", "--prefer-binary"),
-                    *("--no-cache-dir", "--wheel-dir", partial, "--requirement", requirements),
-                ],
-                env=dict(os.environ, TMPDIR=str(cache.tmp)),
-                capture=False,
-            )
+        requirements.write_text("".join(f"{n}=={v}\n" for n, v in sorted(missing.items())))
+        with timed(f"wheelhouse {self.key} ({len(missing)} of {len(self.pins)} packages to fetch)"):
+            if (
+                missing
+            ):  # a wheel where PyPI has one (saved as it is), built from the sdist otherwise
+                run(
+                    [
+                        *(python, "-m", "pip", "wheel", "-q", "--no-deps", "--prefer-binary"),
+                        *("--no-cache-dir", "--wheel-dir", partial, "--requirement", requirements),
+                    ],
+                    env=dict(os.environ, TMPDIR=str(cache.tmp)),
+                    capture=False,
+                )
         (partial / ".complete").touch()
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
+        for other in cache.wheelhouses.iterdir():
+            if other != folder:
+                shutil.rmtree(other, ignore_errors=True)
         return folder
+
+    def _link_from_older(self, cache: Cache, partial: Path) -> dict[str, str]:
+        """Hard-link the wheels of the pinned versions that an older complete wheelhouse has;
+        the pins still missing."""
+        from packaging.utils import parse_wheel_filename
+
+        missing = dict(self.pins)
+        for older in sorted(cache.wheelhouses.glob("*/.complete")):
+            for wheel in older.parent.glob("*.whl"):
+                name, version, *_ = parse_wheel_filename(wheel.name)
+                if missing.get(canonical(name)) == str(version):
+                    del missing[canonical(name)]
+                    target = partial / wheel.name
+                    if not target.exists():
+                        os.link(wheel, target)
+        return missing
 
 
 # --- buildah -------------------------------------------------------------------------------
