@@ -115,3 +115,22 @@ def import_into_containerd(
             finally:
                 shutil.rmtree(layout, ignore_errors=True)
     return [image.ref for image in missing]
+
+
+def forget_older(
+    ctr: Path, address: str, images: Iterable[BuiltImage], namespace: str = "k8s.io"
+) -> list[str]:
+    """Remove from containerd the images of ours it holds besides these (older builds of the
+    same repositories): its garbage collector then frees their layers and snapshots, so the
+    store does not grow by an image per source change. The refs removed."""
+    keep = {image.ref for image in images}
+    ours = {image.ref.rsplit(":", 1)[0] for image in images}
+    base = [str(ctr), "--address", address, "--namespace", namespace, "images"]
+    old = [
+        ref
+        for ref in run([*base, "ls", "--quiet"]).split()
+        if ref not in keep and ref.rsplit(":", 1)[0] in ours
+    ]
+    if old:
+        run([*base, "rm", *old])
+    return old

@@ -30,7 +30,7 @@ from typing import Any
 
 from alpaca_dev import hoststate, nodeconfig
 from alpaca_dev.controlplane import ControlPlane, ControlPlaneError, _tail, free_port, wait_for
-from alpaca_dev.imageimport import import_into_containerd
+from alpaca_dev.imageimport import forget_older, import_into_containerd
 from alpaca_dev.images import BuiltImage
 from alpaca_dev.pki import issue_client_cert
 
@@ -115,12 +115,9 @@ class Node:
             self.cp.start_scheduler()
             self._write_configs()
             self._start_containerd(timeout)
-            import_into_containerd(
-                self.node_bins / "ctr",
-                str(self.layout.containerd_socket),
-                self.images,
-                self.containerd_root,
-            )
+            ctr, address = self.node_bins / "ctr", str(self.layout.containerd_socket)
+            import_into_containerd(ctr, address, self.images, self.containerd_root)
+            forget_older(ctr, address, self.images)
             self._start_kubelet(timeout)
             self._start_kube_proxy(timeout)
             self._start_coredns(timeout)
