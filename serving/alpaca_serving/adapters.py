@@ -17,6 +17,7 @@ evicted), vLLM's LoRA loading — is Ray's and vLLM's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,13 @@ class LocalAdapterLoader(LoraModelLoader):
 
 
 class AlpacaLLMServer(LLMServer):
-    """Ray Serve LLM's LLMServer, loading adapters from local folders."""
+    """Ray Serve LLM's LLMServer, loading adapters from local folders.
+
+    vLLM leaves the process's logging alone here (unless the pod sets VLLM_CONFIGURE_LOGGING):
+    its engine start applies a logging dictConfig, which closes every handler in the process,
+    Serve's replica log included; a restarted Serve controller then cannot adopt this replica
+    (`is_allocated` reads that handler's file) and replaces it, reloading the model. vLLM's
+    loggers propagate to the handlers Ray set up for the worker instead."""
 
     async def __init__(
         self,
@@ -77,6 +84,7 @@ class AlpacaLLMServer(LLMServer):
         engine_cls: Any = None,
         model_downloader: Any = None,
     ) -> None:
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         await super().__init__(
             llm_config,
             engine_cls=engine_cls,

@@ -70,8 +70,14 @@ class Served:
 @pytest.fixture(scope="session")
 def tiny_with_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(base, adapter): the tiny Llama and a LoRA adapter fine-tuned on the Alpaca fixture by
-    alpaca_training's own recipe."""
+    alpaca_training's own recipe. They must live outside /tmp: the worker node sees a /tmp
+    of its own."""
     root = tmp_path_factory.mktemp("lora")
+    if _isolated() and root.resolve().is_relative_to("/tmp"):
+        pytest.fail(
+            f"the serving tier's models would be under /tmp ({root}), which its Ray worker node "
+            "cannot see: run pytest with --basetemp=.pytest-tmp (as `make test` does)"
+        )
     base = build_tiny_llama(root / "base")
     data = root / "data"
     data.mkdir()
