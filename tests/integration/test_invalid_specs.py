@@ -89,6 +89,27 @@ CASES = [
         "should match",
     ),
     (
+        "head-too-small",
+        "AlpacaModel",
+        _with(MODEL, head={"memory": "2Gi"}),
+        "spec.head.memory",
+        "at least 3Gi",
+    ),
+    (
+        "head-too-small-int",
+        "AlpacaModel",
+        _with(MODEL, head={"memory": 2147483648}),
+        "spec.head.memory",
+        "at least 3Gi",
+    ),
+    (
+        "served-head-too-small",
+        "AlpacaFineTune",
+        _with(FINETUNE, serve={"name": "tuned", "head": {"memory": "1500Mi"}}),
+        "spec.serve.head.memory",
+        "at least 3Gi",
+    ),
+    (
         "gpu-type-no-gpu",
         "AlpacaModel",
         _with(MODEL, resources={"gpus": 0, "gpuType": "NVIDIA-L4"}),

@@ -52,7 +52,7 @@ def _finetune(cluster: Cluster) -> dict[str, Any]:
             "serve": {
                 "name": SERVED,
                 "resources": {"gpus": 0, "cpu": "1", "memory": "4Gi"},
-                "head": {"cpu": "300m", "memory": "2Gi"},
+                "head": {"cpu": "300m", "memory": "3Gi"},
                 "engine": CPU_ENGINE,
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
             },

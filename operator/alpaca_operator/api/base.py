@@ -105,6 +105,26 @@ def parse_cpu(quantity: str) -> float:
     return float(text)
 
 
+_SUFFIXES = {
+    **{s: 1024**i for i, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000**i for i, s in enumerate(("", "k", "M", "G", "T", "P", "E"))},
+    "m": 0.001,
+    "n": 1e-9,
+    "u": 1e-6,
+}
+
+
+def parse_bytes(quantity: str) -> float:
+    """The value of a quantity in base units (`3Gi` -> 3221225472, `500M` -> 5e8)."""
+    text = _quantity(quantity)
+    number = re.match(r"^[+-]?[0-9.]+(?:[eE][+-]?[0-9.]+)?", text)
+    assert number is not None
+    suffix = text[number.end() :]
+    if suffix and suffix not in _SUFFIXES:
+        raise ValueError(f"{text!r} has an unknown suffix {suffix!r}")
+    return float(number.group(0)) * _SUFFIXES.get(suffix, 1)
+
+
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 """A duration in Go's notation: `90s`, `15m`, `1h30m`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alpaca_operator.api.base import (
     ApiModel,
@@ -14,6 +14,7 @@ from alpaca_operator.api.base import (
     Quantity,
     cel,
     defaulted,
+    parse_bytes,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
 from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
@@ -155,11 +156,31 @@ class Adapter(ApiModel):
         return Weights(source=self.source, credentials_secret=model.credentials_secret, cache=cache)
 
 
+HEAD_MIN_MEMORY = "3Gi"
+
+
 class Head(ApiModel):
-    """The Ray head pod. It runs no model replica: the GCS, the dashboard (KubeRay deploys the
-    Serve config through it), Serve's controller and HTTP proxy, and the autoscaler sidecar
-    (100m CPU, 256Mi-512Mi of memory, beside these). The defaults suit a production endpoint;
-    a small CPU-only node needs less."""
+    """The Ray head pod. It runs no engine: the GCS, the dashboard (KubeRay deploys the Serve
+    config through it), Serve's controller and HTTP proxy, the OpenAI ingress replica (it
+    imports vLLM's API types, ~0.6 GB), Ray Serve LLM's telemetry actor, and the autoscaler
+    sidecar (100m CPU, 256Mi-512Mi of memory, beside these): about 2 GB in use. Ray's memory
+    monitor kills processes above 95% of the pod's memory, the Serve controller first, so the
+    head gets at least 3Gi. The defaults suit a production endpoint; a small CPU-only node
+    needs less CPU."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    f"quantity(string(self.memory)).compareTo(quantity('{HEAD_MIN_MEMORY}')) >= 0",
+                    f"head.memory must be at least {HEAD_MIN_MEMORY}: the head holds Serve's "
+                    "controller, proxy and OpenAI ingress and Ray's own processes (about 2 GB), "
+                    "and Ray's memory monitor kills the Serve controller above 95% of it",
+                    ".memory",
+                )
+            ]
+        }
+    }
 
     cpu: Quantity = Field(
         default="1",
@@ -167,8 +188,19 @@ class Head(ApiModel):
         "idle CPU under load.",
     )
     memory: Quantity = Field(
-        default="4Gi", description="Memory request and limit of the head container."
+        default="4Gi",
+        description=f"Memory request and limit of the head container; at least {HEAD_MIN_MEMORY}.",
     )
+
+    @field_validator("memory")
+    @classmethod
+    def _at_least_the_minimum(cls, value: str) -> str:
+        if parse_bytes(value) < parse_bytes(HEAD_MIN_MEMORY):
+            raise ValueError(
+                f"head.memory must be at least {HEAD_MIN_MEMORY} (got {value}): the head holds "
+                "Serve's controller, proxy and OpenAI ingress and Ray's own processes"
+            )
+        return value
 
 
 class Images(ApiModel):

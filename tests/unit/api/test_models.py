@@ -88,3 +88,24 @@ def test_unknown_fields_rejected():
     with pytest.raises(ValidationError) as err:
         AlpacaModelSpec.model_validate({"weights": {"source": "/m", "sourc": "x"}})
     assert err.value.errors()[0]["loc"] == ("weights", "sourc")
+
+
+@pytest.mark.parametrize(
+    ("memory", "ok"),
+    [
+        ("3Gi", True),
+        ("4Gi", True),
+        (3221225472, True),
+        ("2Gi", False),
+        ("3000Mi", False),
+        ("3G", False),
+    ],
+)
+def test_the_head_gets_at_least_3gi(memory, ok):
+    from alpaca_operator.api.model import Head
+
+    if ok:
+        assert Head(memory=memory).memory == str(memory)
+    else:
+        with pytest.raises(ValueError, match="head.memory must be at least 3Gi"):
+            Head(memory=memory)
