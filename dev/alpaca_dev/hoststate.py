@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def remove_chains(chains: set[tuple[str, str, str]]) -> None:
     for tool, table in {(t, tb) for t, tb, _ in chains}:
         ours = {c for t, tb, c in chains if (t, tb) == (tool, table)}
         for line in _run(tool, "-w", "-t", table, "-S").stdout.splitlines():
-            parts = line.split()
+            parts = shlex.split(line)  # a rule's comment is quoted and has spaces (CNI's do)
             if parts[:1] == ["-A"] and any(p in ours for p in parts[2:]):
                 _run(tool, "-w", "-t", table, "-D", *parts[1:])
         for chain in ours:

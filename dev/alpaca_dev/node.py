@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alpaca_dev import hoststate, nodeconfig
+from alpaca_dev import hoststate, nodeconfig, nodeledger
 from alpaca_dev.controlplane import ControlPlane, ControlPlaneError, _tail, free_port, wait_for
 from alpaca_dev.imageimport import forget_older, import_into_containerd
 from alpaca_dev.images import BuiltImage
@@ -79,6 +79,8 @@ class Node:
     layout: nodeconfig.NodeLayout = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host: hoststate.HostState | None = None
+    lock_timeout: float = 1800  # another node on this machine: wait this long for it
+    lock: nodeledger.MachineLock = field(default_factory=nodeledger.MachineLock)
 
     def __post_init__(self) -> None:
         self.layout = nodeconfig.NodeLayout(
@@ -106,9 +108,24 @@ class Node:
 
     def start(self, timeout: float = 180) -> None:
         check_host(self.node_bins)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.host = hoststate.HostState.record()
+        self.lock.acquire(self.lock_timeout)  # not in the try: another node's state is not ours
         try:
+            self._recover_dead_node()
+        except BaseException:
+            self.lock.release(keep_ledger=True)  # what could not be put back stays on record
+            raise
+        try:
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.host = hoststate.HostState.record()
+            self.lock.record(
+                nodeledger.Ledger(
+                    pid=os.getpid(),
+                    work=str(self.work.resolve()),
+                    cgroup_root=self.layout.cgroup_root,
+                    node_bins=str(self.node_bins),
+                    host=nodeledger.host_state_to_json(self.host),
+                )
+            )
             self._network()
             self.cp.start()
             self.cp.start_controller_manager(["*"])
@@ -126,6 +143,24 @@ class Node:
         except BaseException:
             self.stop()
             raise
+
+    def _recover_dead_node(self) -> None:
+        """Put back what a node that died without stopping left (its ledger says what)."""
+        dead = self.lock.left_behind()
+        if dead is not None:
+            problems = nodeledger.recover(dead)
+            if problems:
+                raise ControlPlaneError(
+                    f"a node that died (pid {dead.pid}, folder {dead.work}) left behind what "
+                    f"could not be put back: {'; '.join(problems)}"
+                )
+            self.lock.release_ledger()
+        if Path("/sys/class/net", NODE_INTERFACE).exists():
+            raise NodeUnavailable(
+                f"interface {NODE_INTERFACE} exists but no node holds this machine and no "
+                f"ledger says whose it is: remove it (ip link delete {NODE_INTERFACE}) and the "
+                "rest of that node (kube-proxy --cleanup, its mounts) by hand"
+            )
 
     def _network(self) -> None:
         # a bridge without ports holds the address (this kernel has no dummy interfaces)
@@ -319,6 +354,8 @@ class Node:
     # --- stop -------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if not self.lock.held:
+            return  # started nothing: the machine is another node's or nobody's
         problems: list[str] = []
         if "kubelet" in self.processes and self.cp.processes:
             with contextlib.suppress(Exception):
@@ -341,6 +378,8 @@ class Node:
         if self.host is not None:
             problems += self.host.restore(self.layout.cgroup_root)
         shutil.rmtree(self.work / "containerd", ignore_errors=True)
+        # with leftovers the ledger stays: the next node on this machine puts them back
+        self.lock.release(keep_ledger=bool(problems))
         if problems:
             raise ControlPlaneError("the node left behind: " + "; ".join(problems))
 

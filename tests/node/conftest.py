@@ -44,9 +44,8 @@ class Cluster:
     smollm2: Path  # the model folder on this machine
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The node with the operator installed by Helm and KubeRay running; models on HTTP."""
+def node_bins_or_skip() -> Path:
+    """The node's binaries; a machine that cannot run a node skips the tier (fails it in CI)."""
     node_bins = _script("node-bins.sh")
     try:
         check_host(node_bins)
@@ -54,6 +53,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"no real node on this machine: {why}")
+    return node_bins
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The node with the operator installed by Helm and KubeRay running; models on HTTP."""
+    node_bins = node_bins_or_skip()
     built = image_builds.build()  # `make images` built them: a no-op check here
     work = tmp_path_factory.mktemp("node")
     tiny = build_tiny_llama(work / "models" / "tiny-llama")
