@@ -121,16 +121,24 @@ def forget_older(
     ctr: Path, address: str, images: Iterable[BuiltImage], namespace: str = "k8s.io"
 ) -> list[str]:
     """Remove from containerd the images of ours it holds besides these (older builds of the
-    same repositories): its garbage collector then frees their layers and snapshots, so the
-    store does not grow by an image per source change. The refs removed."""
+    same repositories), and the references by ID the CRI made for them (`sha256:<id>`, which
+    would keep their layers), waiting for the garbage collector to free their content and
+    snapshots: the store does not grow by an image per source change. The refs removed."""
     keep = {image.ref for image in images}
     ours = {image.ref.rsplit(":", 1)[0] for image in images}
     base = [str(ctr), "--address", address, "--namespace", namespace, "images"]
+    targets = {}  # ref -> the manifest it names
+    for line in run([*base, "ls"]).splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3:
+            targets[fields[0]] = fields[2]
     old = [
         ref
-        for ref in run([*base, "ls", "--quiet"]).split()
-        if ref not in keep and ref.rsplit(":", 1)[0] in ours
+        for ref in targets
+        if not ref.startswith("sha256:") and ref not in keep and ref.rsplit(":", 1)[0] in ours
     ]
-    if old:
-        run([*base, "rm", *old])
-    return old
+    named = {d for r, d in targets.items() if not r.startswith("sha256:") and r not in old}
+    by_id = [r for r, d in targets.items() if r.startswith("sha256:") and d not in named]
+    if old or by_id:
+        run([*base, "rm", "--sync", *old, *by_id])
+    return old + by_id
