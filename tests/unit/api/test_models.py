@@ -107,5 +107,5 @@ def test_the_head_gets_at_least_3gi(memory, ok):
     if ok:
         assert Head(memory=memory).memory == str(memory)
     else:
-        with pytest.raises(ValueError, match="head.memory must be at least 3Gi"):
+        with pytest.raises(ValueError, match=r"head\.memory must be at least 3Gi"):
             Head(memory=memory)
