@@ -18,7 +18,8 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[operator,dev,weights]' -e ./dev
+	mkdir -p $(VENV)/tmp  # uv's build locks go here, not in /tmp
+	TMPDIR=$(abspath $(VENV))/tmp $(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e '.[operator,dev,weights]' -e ./dev
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with the operator and the dev tools

@@ -14,6 +14,7 @@ Idempotent: a stamp in the venv remembers what was installed.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,12 @@ def install(*args: str) -> None:
     resolution from PyPI, several times faster with a warm cache."""
     uv = Path(sys.executable).with_name("uv")
     if uv.exists():
-        subprocess.run([str(uv), "pip", "install", "--python", sys.executable, *args], check=True)
+        tmp = Path(sys.prefix) / "tmp"  # uv's build locks go here, not in /tmp
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp)}
+        subprocess.run(
+            [str(uv), "pip", "install", "--python", sys.executable, *args], check=True, env=env
+        )
     else:
         pip("install", *args)
 
