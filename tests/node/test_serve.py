@@ -73,11 +73,12 @@ def test_the_operator_runs_from_its_image_as_the_charts_account(cluster: Cluster
 
 def test_a_fill_that_cannot_succeed_fails_with_the_clis_reason(cluster: Cluster, namespace):
     """A source that does not exist: the fill pod's CLI exits 3, the Job's podFailurePolicy
-    fails the Job at once, and the CLI's reason becomes the model's status."""
+    fails the Job at once, and the CLI's reason becomes the model's status. The source reaches
+    the CLI as written: the kubelet expands `$(VAR)` in args from the container's environment
+    (a Secret's token, with credentials), and the fill container has POD_NAMESPACE."""
     cp = cluster.node.cp
-    doc = stack.example(
-        "alpaca-local.yaml", **{"weights.source": f"{cluster.models_url}/no-such-model/"}
-    )
+    source = f"{cluster.models_url}/no-such-model-$(POD_NAMESPACE)/"
+    doc = stack.example("alpaca-local.yaml", **{"weights.source": source})
     doc["metadata"]["name"] = "missing"
     cp.kubectl_run("apply", "-n", NS, "-f", "-", input=json.dumps(doc))
     status = stack.follow(
@@ -85,7 +86,8 @@ def test_a_fill_that_cannot_succeed_fails_with_the_clis_reason(cluster: Cluster,
     )
     weights = next(c for c in status["conditions"] if c["type"] == "WeightsReady")
     assert weights["reason"] == "SourceNotFound", weights
-    assert "no-such-model" in weights["message"]
+    assert "no-such-model-$(POD_NAMESPACE)" in weights["message"], weights
+    assert f"no-such-model-{NS}" not in weights["message"], weights
     cp.kubectl_run("delete", "-n", NS, "am", "missing", "--wait=true", timeout=120)
 
 

@@ -10,7 +10,7 @@ from alpaca_operator.api.base import API_VERSION
 from alpaca_operator.api.finetune import PLURAL, AlpacaFineTuneSpec, Lora
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE, Placement
-from alpaca_operator.render.security import container_security, pod_security
+from alpaca_operator.render.security import container_security, pod_security, verbatim
 
 OUTPUT_MOUNT = "/output"
 BASE_MOUNT = "/base"
@@ -154,7 +154,7 @@ def training_job(
     env = [
         {
             "name": "ALPACA_TRAIN_CONFIG",
-            "value": json.dumps(train_config(spec, base_path), sort_keys=True),
+            "value": verbatim(json.dumps(train_config(spec, base_path), sort_keys=True)),
         },
         {"name": "ALPACA_FINETUNE_NAME", "value": name},
         {"name": "ALPACA_FINETUNE_NAMESPACE", "value": namespace},
@@ -165,7 +165,13 @@ def training_job(
         "image": weights_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["alpaca-weights"],
-        "args": ["fill", "--source", spec.dataset.source, "--dest", f"{OUTPUT_MOUNT}/data"],
+        "args": [
+            "fill",
+            "--source",
+            verbatim(spec.dataset.source),
+            "--dest",
+            f"{OUTPUT_MOUNT}/data",
+        ],
         "volumeMounts": [
             {"name": "output", "mountPath": OUTPUT_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},

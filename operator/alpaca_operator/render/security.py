@@ -28,3 +28,11 @@ def container_security(read_only_root: bool = True) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "readOnlyRootFilesystem": read_only_root,
     }
+
+
+def verbatim(text: str) -> str:
+    """`text` as the container must see it in `command`, `args` or an env `value`: the kubelet
+    expands `$(VAR)` there from the container's environment (and reduces `$$` to `$`), so a spec
+    field such as `weights.source: https://host/$(HF_TOKEN)/` would carry a Secret's token to
+    any host, and into status and Events. Every `$` doubled comes out as the `$` written."""
+    return text.replace("$", "$$")

@@ -6,7 +6,7 @@ from typing import Any
 
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
-from alpaca_operator.render.security import container_security, pod_security
+from alpaca_operator.render.security import container_security, pod_security, verbatim
 from alpaca_weights import contract
 
 CACHE_MOUNT = "/cache"
@@ -39,16 +39,17 @@ def cache_pvc(weights: Weights, namespace: str) -> dict[str, Any]:
 def _source_arg(
     uri: str, mount: str, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]
 ) -> str:
-    """pvc://CLAIM/PATH becomes a read-only mount; every other source is passed as it is."""
+    """pvc://CLAIM/PATH becomes a read-only mount; every other source is passed as it is
+    (verbatim: no `$(VAR)` of the container's environment is expanded into it)."""
     if not uri.startswith("pvc://"):
-        return uri
+        return verbatim(uri)
     claim, _, path = uri.removeprefix("pvc://").partition("/")
     volume = f"src-{len(volumes)}"
     volumes.append(
         {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
     )
     mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
-    return f"{mount}/{path}".rstrip("/")
+    return verbatim(f"{mount}/{path}".rstrip("/"))
 
 
 def fill_args(
@@ -65,11 +66,11 @@ def fill_args(
         names.cache_name(weights),
     ]
     if weights.revision:
-        args += ["--revision", weights.revision]
+        args += ["--revision", verbatim(weights.revision)]
     if weights.recover is not None:
         args += ["--recover-base", _source_arg(weights.recover.base, "/base", volumes, mounts)]
         if weights.recover.base_revision:
-            args += ["--recover-base-revision", weights.recover.base_revision]
+            args += ["--recover-base-revision", verbatim(weights.recover.base_revision)]
         if weights.recover.expected_checksum is not None:
             args += ["--expected-checksum", repr(weights.recover.expected_checksum)]
     if weights.convert_to_safetensors:
