@@ -18,7 +18,7 @@ from alpaca_operator.api.base import (
 )
 from alpaca_operator.api.capacity import Capacity, Resources
 from alpaca_operator.api.model import Autoscaling, Engine, Head
-from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
+from alpaca_operator.api.weights import SOURCE_HELP, Source, Volume, Weights
 
 KIND = "AlpacaFineTune"
 PLURAL = "alpacafinetunes"
@@ -36,9 +36,7 @@ def _immutable(what: str) -> dict[str, list[dict[str, str]]]:
 class Dataset(ApiModel):
     """The instruction data."""
 
-    source: str = Field(
-        pattern=SOURCE_PATTERN,
-        max_length=2048,
+    source: Source = Field(
         description=f"A JSON or JSONL file (or a folder of them): {SOURCE_HELP}.",
     )
     format: Literal["alpaca"] = Field(

@@ -17,7 +17,7 @@ from alpaca_operator.api.base import (
     parse_bytes,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
-from alpaca_operator.api.weights import SOURCE_HELP, SOURCE_PATTERN, Volume, Weights
+from alpaca_operator.api.weights import SOURCE_HELP, Source, Volume, Weights
 
 KIND = "AlpacaModel"
 PLURAL = "alpacamodels"
@@ -138,9 +138,7 @@ class Adapter(ApiModel):
     name: DnsLabel = Field(
         description="The adapter's name: clients ask for the model `<servedModelName>:<name>`."
     )
-    source: str = Field(
-        pattern=SOURCE_PATTERN,
-        max_length=2048,
+    source: Source = Field(
         description=f"Where the adapter (adapter_config.json + weights) is: {SOURCE_HELP}. "
         "Fetched once into its own shared cache, with the weights' credentialsSecret.",
     )

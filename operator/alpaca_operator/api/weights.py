@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from alpaca_operator.api.base import ApiModel, DnsLabel, Quantity, defaulted
+from alpaca_operator.api.base import ApiModel, DnsLabel, Quantity, cel, defaulted
 
 SOURCE_PATTERN = r"^((hf|s3|gs|http|https|pvc)://[^\s]+|/[^\s]*)$"
 SOURCE_HELP = (
@@ -15,6 +16,33 @@ SOURCE_HELP = (
     "pvc://CLAIM/PATH (a PersistentVolumeClaim in the same namespace), or an absolute path "
     "on the node"
 )
+
+SOURCE_CREDENTIALS = (
+    "a source must not carry credentials in its URL (user:password@host): put them in the "
+    "Secret that credentialsSecret names; a URL's credentials would be copied into statuses, "
+    "Events and annotations"
+)
+_USERINFO = r"^[a-z0-9]+://[^/]*@"
+
+
+def _no_credentials(source: str) -> str:
+    if re.match(_USERINFO, source):
+        raise ValueError(SOURCE_CREDENTIALS)
+    return source
+
+
+Source = Annotated[
+    str,
+    Field(
+        pattern=SOURCE_PATTERN,
+        max_length=2048,
+        json_schema_extra={
+            "x-kubernetes-validations": [cel(f"!self.matches('{_USERINFO}')", SOURCE_CREDENTIALS)]
+        },
+    ),
+    AfterValidator(_no_credentials),
+]
+"""Where something is fetched from (see SOURCE_HELP); credentials never inside the URL."""
 
 
 class Volume(ApiModel):
@@ -40,8 +68,7 @@ class Volume(ApiModel):
 class Recover(ApiModel):
     """Stanford Alpaca's weight-diff recovery: the source holds a diff against a LLaMA base."""
 
-    base: str = Field(
-        pattern=SOURCE_PATTERN,
+    base: Source = Field(
         description=f"The original LLaMA weights the diff was made against, in Hugging Face format: {SOURCE_HELP}.",
     )
     base_revision: str | None = Field(
@@ -57,9 +84,7 @@ class Recover(ApiModel):
 class Weights(ApiModel):
     """The weights of a model, fetched once into a cache volume shared by every user of them."""
 
-    source: str = Field(
-        pattern=SOURCE_PATTERN,
-        max_length=2048,
+    source: Source = Field(
         description=f"Where the weights are, in Hugging Face format (config.json, tokenizer, "
         f"*.safetensors or *.bin): {SOURCE_HELP}.",
     )

@@ -109,3 +109,24 @@ def test_the_head_gets_at_least_3gi(memory, ok):
     else:
         with pytest.raises(ValueError, match=r"head\.memory must be at least 3Gi"):
             Head(memory=memory)
+
+
+@pytest.mark.parametrize(
+    ("source", "ok"),
+    [
+        ("https://models.example/alpaca/", True),
+        ("https://models.example/team@2024/alpaca/", True),  # an @ in the path is no userinfo
+        ("hf://org/model", True),
+        ("https://user:hunter2@models.example/alpaca/", False),
+        ("s3://AKIAKEY:secret@bucket/prefix", False),
+        ("http://token@host/", False),
+    ],
+)
+def test_sources_never_carry_credentials(source, ok):
+    from alpaca_operator.api.weights import Weights
+
+    if ok:
+        assert Weights(source=source).source == source
+    else:
+        with pytest.raises(ValueError, match="must not carry credentials"):
+            Weights(source=source)
