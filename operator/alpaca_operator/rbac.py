@@ -21,13 +21,25 @@ RULES: list[dict[str, Any]] = [
         "resources": ["alpacamodels/status", "alpacafinetunes/status"],
         "verbs": ["get", "patch"],
     },
+    # Children name their AlpacaModel or AlpacaFineTune as owner with blockOwnerDeletion (the
+    # garbage collector deletes them first): under the OwnerReferencesPermissionEnforcement
+    # admission plugin (hardened clusters, OpenShift) that needs update on the owner's finalizers.
+    {
+        "apiGroups": ["alpaca.dev"],
+        "resources": ["alpacamodels/finalizers", "alpacafinetunes/finalizers"],
+        "verbs": ["update"],
+    },
     # Events on the custom resources (kopf posts core/v1 Events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # Weights caches, endpoint and rank Services, trainer accounts.
+    {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, *APPLY]},
+    # Caches and fine-tune outputs are shared: each user is added to their owners. Under the
+    # OwnerReferencesPermissionEnforcement plugin, changing an object's owners needs delete on it
+    # (the garbage collector may delete it as a result); the operator itself deletes neither.
     {
         "apiGroups": [""],
-        "resources": ["persistentvolumeclaims", "services"],
-        "verbs": [*READ, *APPLY],
+        "resources": ["persistentvolumeclaims"],
+        "verbs": [*READ, *APPLY, "delete"],
     },
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", *APPLY]},
     # Failure messages of fill and training pods; GPU capacity of existing nodes (watched:
@@ -36,8 +48,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
     # kopf's namespace patterns (-n team-*) follow namespaces as they come and go.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-    # Fill Jobs and training Jobs.
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, *APPLY]},
+    # Fill Jobs (shared like their caches: owners change, see above) and training Jobs.
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, *APPLY, "delete"]},
     # The trainer's Role and RoleBinding (it may patch its own AlpacaFineTune's status only).
     {
         "apiGroups": ["rbac.authorization.k8s.io"],

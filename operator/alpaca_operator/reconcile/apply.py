@@ -11,7 +11,12 @@ from alpaca_operator.kube import Kube
 HASH_ANNOTATION = "alpaca.dev/applied-hash"
 
 
-def owner_reference(owner: dict[str, Any], controller: bool = True) -> dict[str, Any]:
+def owner_reference(
+    owner: dict[str, Any], controller: bool = True, block: bool = True
+) -> dict[str, Any]:
+    """`block`: the owner's foreground deletion waits for this child (blockOwnerDeletion);
+    where the apiserver enforces owner-reference permissions, that needs update on the owner's
+    finalizers, which the chart grants for AlpacaModels and AlpacaFineTunes only."""
     meta = owner["metadata"]
     return {
         "apiVersion": owner["apiVersion"],
@@ -19,7 +24,7 @@ def owner_reference(owner: dict[str, Any], controller: bool = True) -> dict[str,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": controller,
-        "blockOwnerDeletion": True,
+        "blockOwnerDeletion": block,
     }
 
 

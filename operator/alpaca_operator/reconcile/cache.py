@@ -53,7 +53,7 @@ def ensure_cache(
     state.pvc = applier.ensure(desired_pvc, live_pvc)
     if state.filled:
         return state
-    owned = [owner_reference(state.pvc, controller=True)]
+    owned = [owner_reference(state.pvc, controller=True, block=False)]  # nothing to wait for
     for obj in weights.fill_rbac(cache, ns):
         obj["metadata"]["ownerReferences"] = owned
         live = kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
