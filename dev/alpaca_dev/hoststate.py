@@ -79,6 +79,19 @@ def unmount_all(folder: Path) -> None:
             _run("umount", "-l", point)
 
 
+def unmount_folder(folder: Path) -> list[str]:
+    """Unmount everything at or under `folder`; the mounts that stayed, as problems."""
+    unmount_all(folder)
+    return [f"mount {m}" for m in mounts_under(folder)]
+
+
+def kube_proxy_cleanup(node_bins: Path) -> None:
+    """kube-proxy's own removal of the rules it made (`--cleanup`)."""
+    proxy = node_bins / "kube-proxy"
+    if proxy.exists():
+        _run(str(proxy), "--cleanup")
+
+
 def iptables_chains() -> set[tuple[str, str, str]]:
     """(tool, table, chain) of every KUBE-/CNI- chain in the IPv4 and IPv6 tables."""
     found = set()

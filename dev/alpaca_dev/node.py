@@ -362,19 +362,14 @@ class Node:
                 self._delete_workloads()
         for name in ("kube-proxy", "coredns", "kubelet"):
             self._stop(name)
-        if "kube-proxy" in self.processes or (self.node_bins / "kube-proxy").exists():
-            subprocess.run(
-                [str(self.node_bins / "kube-proxy"), "--cleanup"], capture_output=True, check=False
-            )
+        hoststate.kube_proxy_cleanup(self.node_bins)
         if "containerd" in self.processes and self.processes["containerd"].poll() is None:
             with contextlib.suppress(Exception):
                 self._remove_containers()
         self._stop("containerd")
         with contextlib.suppress(Exception):
             self.cp.stop()
-        hoststate.unmount_all(self.work)
-        left = hoststate.mounts_under(self.work)
-        problems += [f"mount {m}" for m in left]
+        problems += hoststate.unmount_folder(self.work)
         if self.host is not None:
             problems += self.host.restore(self.layout.cgroup_root)
         shutil.rmtree(self.work / "containerd", ignore_errors=True)

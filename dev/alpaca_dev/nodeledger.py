@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -186,12 +185,7 @@ def recover(ledger: Ledger) -> list[str]:
     problems: list[str] = []
     pids = processes_of(ledger.work, ledger.cgroup_root)
     problems += [f"process {pid}" for pid in kill_all(pids)]
-    proxy = Path(ledger.node_bins) / "kube-proxy"
-    if proxy.exists():
-        subprocess.run([str(proxy), "--cleanup"], capture_output=True, check=False)
-    work = Path(ledger.work)
-    if work.exists():
-        hoststate.unmount_all(work)
-        problems += [f"mount {m}" for m in hoststate.mounts_under(work)]
+    hoststate.kube_proxy_cleanup(Path(ledger.node_bins))
+    problems += hoststate.unmount_folder(Path(ledger.work))
     problems += host_state_from_json(ledger.host).restore(ledger.cgroup_root)
     return problems

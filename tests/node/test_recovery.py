@@ -50,11 +50,11 @@ time.sleep(3600)  # killed long before
 """
 
 
-def _node_args(work: Path) -> dict[str, object]:
+def _node_args(work: Path, node_bins: Path) -> dict[str, object]:
     pause = image_builds.build(["pause"])["pause"]
     return {
         "k8s_bins": str(_script("k8s-bins.sh", "controller-manager", "scheduler")),
-        "node_bins": str(_script("node-bins.sh")),
+        "node_bins": str(node_bins),
         "work": str(work),
         "containerd_root": str(image_builds.cache_root().parent / "node" / "containerd-root"),
         "pause": {"name": pause.name, "ref": pause.ref, "stored": pause.stored},
@@ -64,7 +64,7 @@ def _node_args(work: Path) -> dict[str, object]:
 def test_a_node_puts_back_what_a_killed_one_left(tmp_path: Path):
     node_bins = node_bins_or_skip()
     dead_work = tmp_path / "dead"
-    args = _node_args(dead_work)
+    args = _node_args(dead_work, node_bins)
     owner = subprocess.Popen(
         [sys.executable, "-c", OWNER, json.dumps(args)],
         cwd=REPO,

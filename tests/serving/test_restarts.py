@@ -8,7 +8,9 @@ outage per controller restart. Seen on the real node with the head OOM-killing i
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import openai
 
@@ -36,15 +38,23 @@ def _app_running() -> bool:
     return app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING"
 
 
-def test_a_restarted_serve_controller_keeps_the_running_engine(served: Served):
+def _controller() -> tuple[Any, int]:
+    """Serve's controller actor and its process id."""
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    pid = ray.get(controller.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+    return controller, pid
+
+
+def test_a_restarted_serve_controller_keeps_the_running_engine(served: Served):
+    import ray
 
     known = _llm_replica_actors()
     before = {i for i, state in known.items() if state == "ALIVE"}
     assert len(before) == 1, known
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    old_pid = ray.get(controller.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    controller, old_pid = _controller()
 
     ray.kill(controller, no_restart=False)  # as the memory monitor does: Ray restarts it
 
@@ -54,10 +64,7 @@ def test_a_restarted_serve_controller_keeps_the_running_engine(served: Served):
         assert time.monotonic() < deadline, "the Serve controller did not come back"
         time.sleep(2)
         try:
-            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-            new_pid = ray.get(
-                controller.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=10
-            )
+            _, new_pid = _controller()
         except Exception:
             new_pid = None
     # the new controller has adopted the replicas (or given up on them) once it reports again

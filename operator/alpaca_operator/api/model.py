@@ -155,6 +155,11 @@ class Adapter(ApiModel):
 
 
 HEAD_MIN_MEMORY = "3Gi"
+HEAD_MEMORY_HELP = (
+    f"head.memory must be at least {HEAD_MIN_MEMORY}: the head holds Serve's controller, proxy "
+    "and OpenAI ingress and Ray's own processes (about 2 GB), and Ray's memory monitor kills "
+    "the Serve controller above 95% of it"
+)
 
 
 class Head(ApiModel):
@@ -171,9 +176,7 @@ class Head(ApiModel):
             "x-kubernetes-validations": [
                 cel(
                     f"quantity(string(self.memory)).compareTo(quantity('{HEAD_MIN_MEMORY}')) >= 0",
-                    f"head.memory must be at least {HEAD_MIN_MEMORY}: the head holds Serve's "
-                    "controller, proxy and OpenAI ingress and Ray's own processes (about 2 GB), "
-                    "and Ray's memory monitor kills the Serve controller above 95% of it",
+                    HEAD_MEMORY_HELP,
                     ".memory",
                 )
             ]
@@ -194,10 +197,7 @@ class Head(ApiModel):
     @classmethod
     def _at_least_the_minimum(cls, value: str) -> str:
         if parse_bytes(value) < parse_bytes(HEAD_MIN_MEMORY):
-            raise ValueError(
-                f"head.memory must be at least {HEAD_MIN_MEMORY} (got {value}): the head holds "
-                "Serve's controller, proxy and OpenAI ingress and Ray's own processes"
-            )
+            raise ValueError(f"{HEAD_MEMORY_HELP} (got {value})")
         return value
 
 
