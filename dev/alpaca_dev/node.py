@@ -107,6 +107,11 @@ class Node:
     # --- start ------------------------------------------------------------------------
 
     def start(self, timeout: float = 180) -> None:
+        if too_long := self.layout.too_long_sockets():  # before anything on the host changes
+            raise ControlPlaneError(
+                f"the node's folder {self.work} is too deep for its daemons' sockets (at most "
+                f"{nodeconfig.SOCKET_PATH_MAX} bytes): {', '.join(too_long)}; give it a shorter one"
+            )
         check_host(self.node_bins)
         self.lock.acquire(self.lock_timeout)  # not in the try: another node's state is not ours
         try:

@@ -13,6 +13,7 @@ import yaml
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 CLUSTER_DOMAIN = "cluster.local"
+SOCKET_PATH_MAX = 104  # containerd's check (sun_path is 108 bytes with its NUL on Linux)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,20 @@ class NodeLayout:
     @property
     def containerd_socket(self) -> Path:
         return self.work / "containerd" / "containerd.sock"
+
+    @property
+    def sockets(self) -> list[Path]:
+        """Every unix socket the node's daemons create under its folder: containerd's (which
+        refuses paths over 104 bytes) and the kubelet's (the kernel's limit is 107)."""
+        return [
+            self.containerd_socket,
+            self.containerd_socket.with_name("containerd.sock.ttrpc"),
+            self.kubelet_root / "pod-resources" / "kubelet.sock",
+            self.kubelet_root / "device-plugins" / "kubelet.sock",
+        ]
+
+    def too_long_sockets(self) -> list[str]:
+        return [str(s) for s in self.sockets if len(str(s.absolute()).encode()) > SOCKET_PATH_MAX]
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -64,7 +79,7 @@ def containerd_config(layout: NodeLayout) -> str:
         "state": str(work / "state"),
         "temp": str(work / "tmp"),
         "grpc": {"address": str(layout.containerd_socket)},
-        "ttrpc": {"address": str(work / "containerd.sock.ttrpc")},
+        "ttrpc": {"address": str(layout.sockets[1])},
         "plugins": {
             "io.containerd.cri.v1.runtime": {
                 # this VM lacks CAP_SYS_RESOURCE: without it every sandbox fails to start

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from alpaca_dev import hoststate, nodeledger
 from alpaca_dev import images as image_builds
 from alpaca_dev.node import NODE_INTERFACE, Node
@@ -61,8 +63,9 @@ def _node_args(work: Path, node_bins: Path) -> dict[str, object]:
     }
 
 
-def test_a_node_puts_back_what_a_killed_one_left(tmp_path: Path):
+def test_a_node_puts_back_what_a_killed_one_left(tmp_path_factory: pytest.TempPathFactory):
     node_bins = node_bins_or_skip()
+    tmp_path = tmp_path_factory.mktemp("rec")  # short: the daemons' sockets live under it
     dead_work = tmp_path / "dead"
     args = _node_args(dead_work, node_bins)
     owner = subprocess.Popen(
