@@ -88,7 +88,6 @@ def install_operator(cp: ControlPlane, images: dict[str, BuiltImage], timeout: f
             "weights": images["weights"].ref,
             "training": images["training"].ref,
         },
-        "resyncSeconds": 30,
     }
     done = subprocess.run(
         [

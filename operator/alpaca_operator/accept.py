@@ -5,6 +5,7 @@ Pure: the handlers pass in what kopf gives them and apply what comes back.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class Outcome:
 
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    requeue_at: datetime.datetime | None = None  # the next deadline: a pass is due then
 
 
 def transition_events(

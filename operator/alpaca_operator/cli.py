@@ -52,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # a line per watch event ("Handler ... succeeded") otherwise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
@@ -62,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(
                 namespaces=args.namespace,
-                resync_seconds=args.resync,
+                workers=args.workers,
                 metrics_port=args.metrics_port,
                 peering=args.peering,
                 priority=args.priority,
@@ -107,10 +109,11 @@ def parser() -> argparse.ArgumentParser:
         "--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument(
-        "--resync",
-        type=float,
-        default=60.0,
-        help="seconds between periodic passes over every AlpacaModel (deadlines, nodes, CRDs)",
+        "--workers",
+        type=int,
+        default=4,
+        help="passes that run at once (each over a different object; a pass waits mostly on "
+        "the API's answers to its writes)",
     )
     run.add_argument(
         "--metrics-port",

@@ -1,8 +1,14 @@
-"""kopf handlers: thin wrappers that guard, delegate to the reconcilers and apply results.
+"""kopf wiring: watch streams feed the store, and events ask for passes; nothing else.
 
-kopf keeps its own bookkeeping in annotations under alpaca.dev (not in status), and no handler
-needs a finalizer: namespaced children are garbage-collected through owner references, and
-NodePools (cluster-scoped, so they cannot be owned by a namespaced object) are swept by a timer.
+Every kind the operator reads is indexed (`@kopf.index`): kopf lists each of them before any
+other handler runs, and each watch event puts the object into the store before the event
+handlers see it. Children are watched through a server-side label selector (only objects the
+operator manages come over the wire). A pass reads the store, never the apiserver, so a pass
+over an unchanged object sends no request; see passes.py for how passes are queued.
+
+kopf keeps no bookkeeping on the custom resources (no create/update handlers, so no
+last-handled annotation and no finalizer): a custom resource's own watch event asks for a pass
+when its generation moved, when it is new to us, and when its deletion began.
 """
 
 from __future__ import annotations
@@ -10,40 +16,103 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import kubernetes
 
-from alpaca_operator.accept import Outcome
+from alpaca_operator import __version__, events
 from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
+from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.metrics import Metrics
+from alpaca_operator.passes import Key, Passes
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.finetune import FineTuneContext, run_finetune
-from alpaca_operator.reconcile.model import ModelContext, run_model
+from alpaca_operator.reconcile.model import (
+    NODEPOOL_CRD,
+    RAYSERVICE_CRD,
+    ModelContext,
+    run_model,
+)
 from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.reconcile.status import write_status
 from alpaca_operator.reconcile.triggers import (
     alive,
-    cache_users,
-    node_moved,
+    child_wakes,
+    in_scope,
+    node_key,
+    node_wakes,
     nodepool_owner,
     on_existing_nodes,
     outranked,
-    to_reconcile,
+    spec_moved,
 )
 from alpaca_operator.render import names
+from alpaca_operator.render.capacity import placement
+from alpaca_operator.store import CachedKube, Store
+
+log = logging.getLogger(__name__)
 
 MODEL = (GROUP, VERSION, model.PLURAL)
 FINETUNE = (GROUP, VERSION, finetune.PLURAL)
-RESYNC_SECONDS = 60.0
+OURS = {"app.kubernetes.io/managed-by": names.PART_OF}
+OURS_SELECTOR = f"app.kubernetes.io/managed-by={names.PART_OF}"
+
+# (group, version, plural) of the children, and the (apiVersion, kind) the store keeps them by
+CHILDREN: dict[tuple[str, str, str], tuple[str, str]] = {
+    ("", "v1", "services"): ("v1", "Service"),
+    ("", "v1", "persistentvolumeclaims"): ("v1", "PersistentVolumeClaim"),
+    ("", "v1", "serviceaccounts"): ("v1", "ServiceAccount"),
+    ("batch", "v1", "jobs"): ("batch/v1", "Job"),
+    ("rbac.authorization.k8s.io", "v1", "roles"): ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): (
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+    ),
+    ("ray.io", "v1", "rayservices"): ("ray.io/v1", "RayService"),
+    ("ray.io", "v1", "rayclusters"): ("ray.io/v1", "RayCluster"),
+    ("karpenter.sh", "v1", "nodepools"): ("karpenter.sh/v1", "NodePool"),
+}
+STORED = {
+    *CHILDREN.values(),
+    (API_VERSION, model.KIND),
+    (API_VERSION, finetune.KIND),
+    ("v1", "Node"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+}
+WATCHED_CRDS = (RAYSERVICE_CRD, NODEPOOL_CRD)
+
+
+@dataclass
+class Runtime:
+    """What every handler and pass shares. One object, set on the operator's memo at start-up:
+    kopf gives each object's handlers a shallow copy of that memo, so state set on a handler's
+    memo would stay with that object."""
+
+    metrics: Metrics
+    store: Store
+    kube: CachedKube
+    models: ModelContext
+    finetunes: FineTuneContext
+    passes: Passes
+    namespaces: list[str] = field(default_factory=list)
+    peering: str | None = None
+    priority: int = 0
+    selectors: dict[Key, dict[str, str] | None] = field(default_factory=dict)
+    """Models on existing GPU nodes -> their node selector (None: not known yet)."""
+    ready: bool = False
+
+
+def _resource(group: str, version: str, plural: str) -> tuple[str, ...]:
+    return (version, plural) if not group else (group, version, plural)
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Operator-wide settings, and the API client every handler shares."""
+    """Operator-wide settings, the store, the client every pass shares, the pass queue."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -51,197 +120,271 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # kopf's own INFO logs are not posted as Events
     settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    for group, _, plural in CHILDREN:
+        # only the operator's own children come over the wire (kopf's labels= filters are
+        # client-side: without this every Service, PVC and Job of the cluster would be sent)
+        settings.watching.label_selectors[(group, plural) if group else plural] = OURS_SELECTOR
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    memo.metrics = Metrics()
-    kube = Kube(
-        kubernetes.client.ApiClient(), on_write=lambda kind: memo.metrics.writes.labels(kind).inc()
+    metrics, store = Metrics(), Store(STORED)
+    client = kubernetes.client.ApiClient()
+    client.user_agent = f"alpaca-operator/{__version__}"  # how audit logs name our requests
+    kube = CachedKube(
+        Kube(
+            client,
+            on_write=lambda kind: metrics.writes.labels(kind).inc(),
+            on_request=lambda verb, _: metrics.requests.labels(verb).inc(),
+        ),
+        store,
     )
-    memo.kube = kube
     applier, config = Applier(kube), OperatorConfig.from_env()
-    memo.models = ModelContext(kube, applier, config, application_for)
-    memo.finetunes = FineTuneContext(kube, applier, config)
+    rt = Runtime(
+        metrics=metrics,
+        store=store,
+        kube=kube,
+        models=ModelContext(kube, applier, config, application_for),
+        finetunes=FineTuneContext(kube, applier, config),
+        passes=Passes(lambda key: run_pass(rt, key), workers=int(memo.get("workers") or 4)),
+        namespaces=list(memo.get("namespaces") or []),
+        peering=memo.get("peering"),
+        priority=int(memo.get("priority") or 0),
+    )
+    memo.runtime = rt
     if memo.get("metrics_port"):
-        memo.metrics.serve(int(memo.metrics_port))
+        metrics.serve(int(memo.metrics_port))
+
+
+@kopf.on.cleanup()
+async def stop_passes(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("runtime") is not None:
+        await memo.runtime.passes.stop()
+
+
+# --- passes ------------------------------------------------------------------------------
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _publish(
-    memo: kopf.Memo, body: dict[str, Any], outcome: Outcome, now: datetime.datetime
-) -> None:
-    meta = body["metadata"]
-    write_status(memo.kube, body, outcome.status)
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-    metrics: Metrics = memo.metrics
-    before = (body.get("status") or {}).get("conditions") or []
-    metrics.record_stages(body["kind"], before, outcome.status.get("conditions") or [], now)
-    metrics.phases.set(body["kind"], meta["namespace"], meta["name"], outcome.status.get("phase"))
+def _outranked(rt: Runtime, now: datetime.datetime) -> bool:
+    """With peering: whether a live replica of higher priority exists (kopf then pauses this
+    replica's watches; passes already queued or timed wait too)."""
+    if not rt.peering:
+        return False
+    peering = rt.kube.get("kopf.dev/v1", "ClusterKopfPeering", rt.peering)
+    return outranked(peering, rt.priority, now)
 
 
-def _run(memo: kopf.Memo, body: dict[str, Any], reconcile: Any, context: Any) -> None:
-    """One reconcile pass, timed and counted."""
-    metrics: Metrics = memo.metrics
-    kind = body["kind"]
+def run_pass(rt: Runtime, key: Key) -> float | None:
+    """One pass over one custom resource, from the store: reconcile, write the status if it
+    changed, post the Events of its transitions. Seconds until its next deadline, if any."""
+    kind, ns, name = key
+    body = rt.store.get(API_VERSION, kind, name, ns)
+    if not alive(body) or not in_scope(rt.namespaces, ns):
+        return None
     now = _now()
+    if _outranked(rt, now):
+        return 60.0  # look again later; the replica that works has it meanwhile
+    metrics = rt.metrics
+    is_model = kind == model.KIND
+    reconcile, context = (run_model, rt.models) if is_model else (run_finetune, rt.finetunes)
     with metrics.duration.labels(kind).time():
         try:
             outcome = reconcile(context, body, now)
-            _publish(memo, body, outcome, now)
+            if write_status(rt.kube, body, outcome.status):
+                log.info("%s %s/%s: %s", kind, ns, name, _summary(outcome.status))
+            events.post(rt.kube, body, outcome.events, now)
         except Exception:
             metrics.reconciles.labels(kind, "error").inc()
             raise
     metrics.reconciles.labels(kind, "ok").inc()
+    before = (body.get("status") or {}).get("conditions") or []
+    metrics.record_stages(kind, before, outcome.status.get("conditions") or [], now)
+    metrics.phases.set(kind, ns, name, outcome.status.get("phase"))
+    if is_model:
+        rt.selectors.pop(key, None)
+        if on_existing_nodes(body):
+            rt.selectors[key] = _node_selector(body)
+    if outcome.requeue_at is None:
+        return None
+    return max(0.0, (outcome.requeue_at - now).total_seconds())
 
 
-def _reconcile_model(memo: kopf.Memo, body: dict[str, Any]) -> None:
-    _run(memo, body, run_model, memo.models)
+def _summary(status: dict[str, Any]) -> str:
+    """The log line of a status change: the phase and the first condition not true."""
+    waiting = next((c for c in status.get("conditions") or [] if c.get("status") != "True"), None)
+    why = f"{waiting['type']} {waiting['reason']}" if waiting else "all conditions true"
+    return f"status written, phase {status.get('phase')} ({why})"
 
 
-def _reconcile_finetune(memo: kopf.Memo, body: dict[str, Any]) -> None:
-    _run(memo, body, run_finetune, memo.finetunes)
-
-
-def _wake(memo: kopf.Memo, kind: str, namespace: str, name: str) -> None:
-    """Recompute a parent after one of its children changed."""
-    parent = memo.kube.get(API_VERSION, kind, name, namespace)
-    if alive(parent):
-        (_reconcile_model if kind == model.KIND else _reconcile_finetune)(memo, parent)
-
-
-@kopf.on.resume(*MODEL)
-@kopf.on.create(*MODEL)
-@kopf.on.update(*MODEL, field="spec")
-def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """AlpacaModel created, changed, or found at start-up."""
-    _reconcile_model(memo, dict(body))
-
-
-def _namespaces(memo: kopf.Memo) -> list[str]:
-    return list(memo.get("namespaces") or [])
-
-
-def _outranked(memo: kopf.Memo, now: datetime.datetime) -> bool:
-    """With peering: whether a live replica of higher priority exists. kopf pauses this
-    replica's handlers then; the resync loop pauses too."""
-    if not memo.get("peering"):
-        return False
-    peering = memo.kube.get("kopf.dev/v1", "ClusterKopfPeering", memo.peering)
-    return outranked(peering, int(memo.priority), now)
-
-
-async def _resync_kind(memo: kopf.Memo, kind: str, reconcile: Any) -> None:
-    log = logging.getLogger(__name__)
+def _node_selector(body: dict[str, Any]) -> dict[str, str] | None:
     try:
-        bodies = await asyncio.to_thread(memo.kube.list, API_VERSION, kind)
-    except Exception:  # the apiserver may be briefly away; try again next round
-        log.exception("resync: listing %s failed", kind)
+        spec = AlpacaModelSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        return None
+    if spec.resources.gpus == 0:
+        return {"alpaca.dev/never": "matches"}  # needs no GPU node: node changes never matter
+    meta = body["metadata"]
+    return placement(spec.capacity, spec.resources, meta["namespace"], meta["name"]).node_selector
+
+
+def _request(rt: Runtime, keys: list[Key]) -> None:
+    for key in keys:
+        rt.passes.request(key)
+
+
+async def _become_ready(rt: Runtime) -> None:
+    """kopf has listed every indexed kind (it runs no other handler before that): passes may
+    read the store now. Deleted models' NodePools left from while the operator was away go."""
+    if rt.ready:
         return
-    for body in to_reconcile(bodies, _namespaces(memo)):
-        meta = body["metadata"]
-        try:
-            await asyncio.to_thread(reconcile, memo, body)
-        except Exception:
-            log.exception("resync of %s %s/%s failed", kind, meta["namespace"], meta["name"])
+    rt.ready = True
+    rt.passes.start()
+    for pool in rt.store.list("karpenter.sh/v1", "NodePool"):
+        owner = nodepool_owner(pool["metadata"].get("labels") or {})
+        if owner and rt.store.get(API_VERSION, model.KIND, owner[1], owner[0]) is None:
+            await _delete_nodepool(rt, pool["metadata"]["name"], owner)
 
 
-async def _resync(memo: kopf.Memo) -> None:
-    """Every model and fine-tune once a minute: stage deadlines, nodes, CRDs installed later.
-
-    One operator-level loop rather than a kopf timer per object: kopf puts a finalizer on
-    objects with timers, and nothing here needs one.
-    """
-    while True:
-        await asyncio.sleep(memo.get("resync_seconds", RESYNC_SECONDS))
-        if await asyncio.to_thread(_outranked, memo, _now()):
-            continue
-        await _resync_kind(memo, model.KIND, _reconcile_model)
-        await _resync_kind(memo, finetune.KIND, _reconcile_finetune)
+async def _delete_nodepool(rt: Runtime, name: str, owner: tuple[str, str]) -> None:
+    log.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, *owner)
+    try:
+        await asyncio.to_thread(rt.kube.delete, "karpenter.sh/v1", "NodePool", name)
+    except Exception:
+        log.exception("deleting NodePool %s failed", name)
 
 
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync_task = asyncio.create_task(_resync(memo))
+# --- the store's feeds -------------------------------------------------------------------
 
 
-@kopf.on.cleanup()
-async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync_task")
-    if task is not None:
-        task.cancel()
+def _index_children(fn: Any) -> Any:
+    for group, version, plural in CHILDREN:
+        fn = kopf.index(*_resource(group, version, plural), labels=OURS)(fn)
+    return fn
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels={names.LABEL_MODEL: kopf.PRESENT})
-@kopf.on.event("v1", "services", labels={names.LABEL_MODEL: kopf.PRESENT})
-def serving_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A RayService or endpoint Service changed: its AlpacaModel recomputes."""
-    _wake(memo, model.KIND, namespace, labels[names.LABEL_MODEL])
+@_index_children
+async def children(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Each child as it is now (kopf calls this before the event handlers below)."""
+    memo.runtime.store.put(dict(body))
+
+
+@kopf.index(*MODEL)
+@kopf.index(*FINETUNE)
+async def custom_resources(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An AlpacaModel or AlpacaFineTune: a pass when its spec moved (or it is new, or going)."""
+    rt: Runtime = memo.runtime
+    obj = dict(body)
+    meta = obj["metadata"]
+    before = rt.store.get(API_VERSION, obj["kind"], meta["name"], meta["namespace"])
+    rt.store.put(obj)
+    if spec_moved(before, obj):
+        rt.passes.request((obj["kind"], meta["namespace"], meta["name"]))
+
+
+@kopf.index("v1", "nodes")
+async def nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A node as capacity sees it; a change of its labels, GPUs or schedulability wakes only the
+    models whose node selector matches it before or after (heartbeats wake no one)."""
+    rt: Runtime = memo.runtime
+    name = body["metadata"]["name"]
+    before = rt.store.get("v1", "Node", name)
+    rt.store.put(dict(body))
+    after = rt.store.get("v1", "Node", name)
+    if after is None:
+        return
+    if before is not None and node_key(before) != node_key(after):
+        labels = (before["metadata"].get("labels"), after["metadata"].get("labels"))
+        _request(rt, node_wakes(labels[0], labels[1], rt.selectors))
+    elif before is None and rt.ready:  # a new node
+        _request(rt, node_wakes(None, after["metadata"].get("labels"), rt.selectors))
+
+
+@kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+async def crds(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Whether KubeRay and Karpenter are installed: the models say so, and go on when they are."""
+    rt: Runtime = memo.runtime
+    name = body["metadata"]["name"]
+    if name not in WATCHED_CRDS:
+        return
+    before = rt.kube.crd_installed(name)
+    rt.store.put(dict(body))
+    if rt.ready and rt.kube.crd_installed(name) != before:
+        _request(rt, _all_models(rt))
+
+
+def _all_models(rt: Runtime) -> list[Key]:
+    return [
+        (model.KIND, m["metadata"]["namespace"], m["metadata"]["name"])
+        for m in rt.store.list(API_VERSION, model.KIND)
+    ]
+
+
+# --- events: wakes and deletions ---------------------------------------------------------
+
+
+def _on_children(fn: Any) -> Any:
+    for group, version, plural in CHILDREN:
+        fn = kopf.on.event(*_resource(group, version, plural), labels=OURS)(fn)
+    return fn
+
+
+@_on_children
+async def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A child changed: the custom resources it belongs to recompute."""
+    rt: Runtime = memo.runtime
+    await _become_ready(rt)
+    obj = dict(body)
+    meta = obj["metadata"]
+    ns = meta.get("namespace")
+    if event["type"] == "DELETED":
+        rt.store.discard(obj["apiVersion"], obj["kind"], meta["name"], ns)
+    cache = (meta.get("labels") or {}).get(names.LABEL_CACHE)
+    pvc = rt.store.get("v1", "PersistentVolumeClaim", cache, ns) if cache else None
+    _request(rt, child_wakes(obj, pvc))
+
+
+@kopf.on.event(*MODEL)
+@kopf.on.event(*FINETUNE)
+async def custom_resource_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """The first events after kopf's listing start the passes; a deletion is forgotten (its
+    children go by owner references, its NodePool here)."""
+    rt: Runtime = memo.runtime
+    await _become_ready(rt)
+    if event["type"] != "DELETED":
+        return
+    meta = body["metadata"]
+    key = (body["kind"], meta["namespace"], meta["name"])
+    rt.store.discard(API_VERSION, body["kind"], meta["name"], meta["namespace"])
+    rt.passes.forget(key)
+    rt.selectors.pop(key, None)
+    rt.metrics.phases.set(body["kind"], meta["namespace"], meta["name"], None)
+    log.info("deleted %s %s/%s; children go by owner references", *key)
+    if body["kind"] == model.KIND:
+        for pool in rt.store.list("karpenter.sh/v1", "NodePool"):
+            owner = nodepool_owner(pool["metadata"].get("labels") or {})
+            if owner == (meta["namespace"], meta["name"]):
+                await _delete_nodepool(rt, pool["metadata"]["name"], owner)
 
 
 @kopf.on.event("v1", "nodes")
-def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A node came, went, or changed its labels or GPUs: the models on existing nodes
-    recompute their capacity. Heartbeats (most node events) change nothing here and wake no one;
-    the initial listing only records what is there (the resume handlers reconcile at start)."""
-    if not node_moved(memo.setdefault("nodes_seen", {}), event["type"], dict(body)):
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+async def cluster_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Our own CRDs are always there, so this runs as soon as kopf's listing is done."""
+    rt: Runtime = memo.runtime
+    await _become_ready(rt)
+    if event["type"] != "DELETED":
         return
-    for obj in to_reconcile(memo.kube.list(API_VERSION, model.KIND), _namespaces(memo)):
-        if on_existing_nodes(obj):
-            _reconcile_model(memo, obj)
-
-
-@kopf.on.event("v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})
-@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_CACHE: kopf.PRESENT})
-def cache_child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A weights cache or its fill Job changed: every user of the cache recomputes."""
-    pvc = memo.kube.get("v1", "PersistentVolumeClaim", labels[names.LABEL_CACHE], namespace)
-    for kind, name in cache_users(pvc):
-        _wake(memo, kind, namespace, name)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_FINETUNE: kopf.PRESENT})
-def training_job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """The training Job changed (pods started, finished, failed): its fine-tune recomputes."""
-    _wake(memo, finetune.KIND, namespace, labels[names.LABEL_FINETUNE])
-
-
-@kopf.timer(
-    "karpenter.sh",
-    "v1",
-    "nodepools",
-    labels={"app.kubernetes.io/managed-by": names.PART_OF},
-    interval=RESYNC_SECONDS,
-)
-def sweep_nodepool(
-    labels: kopf.Labels, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Delete a NodePool whose AlpacaModel is gone (no finalizer needed on the model)."""
-    owner = nodepool_owner(dict(labels))
-    if owner and memo.kube.get(API_VERSION, model.KIND, owner[1], owner[0]) is None:
-        logger.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, *owner)
-        memo.kube.delete("karpenter.sh/v1", "NodePool", name)
-
-
-@kopf.on.resume(*FINETUNE)
-@kopf.on.create(*FINETUNE)
-@kopf.on.update(*FINETUNE, field="spec")
-def finetune_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """AlpacaFineTune created, changed, or found at start-up."""
-    _reconcile_finetune(memo, dict(body))
-
-
-@kopf.on.delete(*MODEL, optional=True)
-@kopf.on.delete(*FINETUNE, optional=True)
-def deleted(
-    body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Log a deletion. optional=True: no finalizer; children go by owner references."""
-    memo.metrics.phases.set(body["kind"], namespace, name, None)
-    logger.info(
-        "deleted %s/%s; children are garbage-collected by owner references", namespace, name
-    )
+    obj = dict(body)
+    name = obj["metadata"]["name"]
+    rt.store.discard(obj["apiVersion"], obj["kind"], name, None)
+    if obj["kind"] == "Node":
+        _request(rt, node_wakes(obj["metadata"].get("labels"), None, rt.selectors))
+    elif name in WATCHED_CRDS:
+        _request(rt, _all_models(rt))

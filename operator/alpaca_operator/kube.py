@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 FIELD_MANAGER = "alpaca-operator"
+REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read: an apiserver that went away never hangs a pass
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ KINDS = {
         Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Kind("v1", "Service", "services"),
         Kind("v1", "Pod", "pods"),
+        Kind("v1", "Event", "events"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Node", "nodes", namespaced=False),
         Kind("batch/v1", "Job", "jobs"),
@@ -88,11 +90,13 @@ class Kube:
         api: ApiClient,
         field_manager: str = FIELD_MANAGER,
         on_write: Callable[[str], None] | None = None,
+        on_request: Callable[[str, str], None] | None = None,
     ) -> None:
         self.api = api
         self.field_manager = field_manager
         self.writes = 0  # requests that could change state, for tests
         self.on_write = on_write  # called with the written object's kind (metrics)
+        self.on_request = on_request  # called with (verb, path) of every request (metrics)
 
     def _wrote(self, kind: str) -> None:
         self.writes += 1
@@ -107,6 +111,8 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
     ) -> dict[str, Any]:
+        if self.on_request is not None:
+            self.on_request(method, path)
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -118,7 +124,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        resp = self.api.call_api(m, url, header_params=h, body=b)
+        resp = self.api.call_api(m, url, header_params=h, body=b, _request_timeout=REQUEST_TIMEOUT)
         resp.read()
         try:
             data = json.loads(resp.data) if resp.data else {}
@@ -141,6 +147,17 @@ class Kube:
             body=obj,
             query=[("fieldManager", self.field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
+        )
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST a new object (Events: each one is new, named by the apiserver)."""
+        self._wrote(obj["kind"])
+        return self._request(
+            "POST",
+            kind_of(obj).path(obj["metadata"].get("namespace")),
+            body=obj,
+            query=[("fieldManager", self.field_manager)],
+            content_type="application/json",
         )
 
     def json_patch(
@@ -199,5 +216,7 @@ class Kube:
         return True
 
     def crd_installed(self, name: str) -> bool:
-        """Whether a CustomResourceDefinition exists (for RayService, NodePool)."""
-        return self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name) is not None
+        """Whether a CustomResourceDefinition exists and is not being deleted (RayService,
+        NodePool): a terminating CRD's objects are going with it."""
+        crd = self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+        return crd is not None and not crd["metadata"].get("deletionTimestamp")

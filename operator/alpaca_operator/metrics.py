@@ -70,6 +70,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.requests = Counter(
+            "alpaca_api_requests",
+            "Requests the operator's passes sent to the Kubernetes API (kopf's watches aside).",
+            ["verb"],
+            registry=self.registry,
+        )
         self.phases = PhaseTracker()
         self.registry.register(self.phases)
 

@@ -1,6 +1,7 @@
 """The operator's permissions: the one source of the chart's ClusterRole.
 
-Exactly what the code uses, no wildcards; tests/integration/test_chart.py runs the operator
+Exactly what the code uses, no wildcards (every kind the operator reads it watches: its passes
+read a watch-fed store, see store.py); tests/integration/test_chart.py runs the operator
 with only these rules and compares them with the requests the apiserver's audit log saw.
 """
 
@@ -8,18 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-READ = ["get", "list", "watch"]
+WATCH = ["list", "watch"]  # every read comes from a watch (get: the peering object only)
 APPLY = ["create", "patch"]  # server-side apply may create
 
 RULES: list[dict[str, Any]] = [
-    # The custom resources: watched by kopf, annotated by kopf (its progress); an AlpacaModel
-    # is created when a fine-tune serves its result.
-    {"apiGroups": ["alpaca.dev"], "resources": ["alpacamodels"], "verbs": [*READ, *APPLY]},
-    {"apiGroups": ["alpaca.dev"], "resources": ["alpacafinetunes"], "verbs": [*READ, "patch"]},
+    # The custom resources: watched (kopf writes nothing on them); an AlpacaModel is created
+    # when a fine-tune serves its result.
+    {"apiGroups": ["alpaca.dev"], "resources": ["alpacamodels"], "verbs": [*WATCH, *APPLY]},
+    {"apiGroups": ["alpaca.dev"], "resources": ["alpacafinetunes"], "verbs": WATCH},
     {
         "apiGroups": ["alpaca.dev"],
         "resources": ["alpacamodels/status", "alpacafinetunes/status"],
-        "verbs": ["get", "patch"],
+        "verbs": ["patch"],
+    },
+    {  # granted to the trainer's Role on its own fine-tune (the escalation check, as for Jobs)
+        "apiGroups": ["alpaca.dev"],
+        "resources": ["alpacafinetunes/status"],
+        "verbs": ["get"],
     },
     # Children name their AlpacaModel or AlpacaFineTune as owner with blockOwnerDeletion (the
     # garbage collector deletes them first): under the OwnerReferencesPermissionEnforcement
@@ -32,16 +38,16 @@ RULES: list[dict[str, Any]] = [
     # Events on the custom resources (kopf posts core/v1 Events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # Weights caches, endpoint and rank Services, trainer accounts.
-    {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, *APPLY]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": [*WATCH, *APPLY]},
     # Caches and fine-tune outputs are shared: each user is added to their owners. Under the
     # OwnerReferencesPermissionEnforcement plugin, changing an object's owners needs delete on it
     # (the garbage collector may delete it as a result); the operator itself deletes neither.
     {
         "apiGroups": [""],
         "resources": ["persistentvolumeclaims"],
-        "verbs": [*READ, *APPLY, "delete"],
+        "verbs": [*WATCH, *APPLY, "delete"],
     },
-    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", *APPLY]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": [*WATCH, *APPLY]},
     # Failure messages of fill and training pods; GPU capacity of existing nodes (watched:
     # a node that comes, goes or changes its labels or GPUs wakes the models on existing nodes).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
@@ -49,23 +55,29 @@ RULES: list[dict[str, Any]] = [
     # kopf's namespace patterns (-n team-*) follow namespaces as they come and go.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     # Fill Jobs (shared like their caches: owners change, see above) and training Jobs.
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, *APPLY, "delete"]},
+    # get: the fill Role grants it on the fill's own Job, and a Role can only grant what its
+    # creator holds (RBAC's escalation check).
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", *WATCH, *APPLY, "delete"]},
     # The trainer's Role and RoleBinding (it may patch its own AlpacaFineTune's status only).
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
-        "verbs": ["get", *APPLY],
+        "verbs": [*WATCH, *APPLY],
     },
     # Serving: RayServices; the running RayCluster is rescaled or recreated on changes.
-    {"apiGroups": ["ray.io"], "resources": ["rayservices"], "verbs": [*READ, *APPLY]},
-    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch", "delete"]},
+    {"apiGroups": ["ray.io"], "resources": ["rayservices"], "verbs": [*WATCH, *APPLY]},
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": [*WATCH, "patch", "delete"]},
     # Capacity: NodePools, swept when their AlpacaModel is gone.
-    {"apiGroups": ["karpenter.sh"], "resources": ["nodepools"], "verbs": [*READ, *APPLY, "delete"]},
+    {
+        "apiGroups": ["karpenter.sh"],
+        "resources": ["nodepools"],
+        "verbs": [*WATCH, *APPLY, "delete"],
+    },
     # Whether KubeRay and Karpenter are installed (their CRDs), to say so on the status.
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
-        "verbs": READ,
+        "verbs": WATCH,
     },
 ]
 

@@ -74,9 +74,9 @@ def test_one_replica_works_the_other_takes_over(plane, tmp_path):
         cp.kubectl_run("apply", "-f", str(REPO / "examples" / "alpaca-local.yaml"))
         _wait(lambda: _observed(cp, "smollm2"), "the working replica's status")
         time.sleep(2)
-        assert "Creation is processed" in high_log.read_text()
+        assert "smollm2: status written" in high_log.read_text()
         assert "Resuming operations" not in low_log.read_text()
-        assert "Creation is processed" not in low_log.read_text()
+        assert "status written" not in low_log.read_text()
 
         _stop(high)  # a graceful exit removes it from the peering at once
         _wait(

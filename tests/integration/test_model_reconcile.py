@@ -324,7 +324,7 @@ def test_stage_deadlines_have_their_own_reasons(control_plane, ctx, namespace):
     obj = _pass(ctx, cp, namespace, "slow", now=NOW + datetime.timedelta(minutes=25))
     cond = _conditions(obj)
     assert cond["CapacityReady"]["reason"] == "CapacityTimeout"
-    assert "deadline 20" in cond["CapacityReady"]["message"]
+    assert "deadline of 20 minutes" in cond["CapacityReady"]["message"]
     assert cond["WeightsReady"]["reason"] != "WeightsTimeout"  # its deadline is longer
 
 

@@ -338,35 +338,55 @@ def _since(previous: list[dict[str, Any]], type_: str, status: str) -> datetime.
     return None
 
 
+def _clock(
+    type_: str, verdict: Verdict, previous: list[dict[str, Any]]
+) -> datetime.datetime | None:
+    """When a waiting stage's clock started: when it became not ready, or (serving) when the
+    weights it waits for became ready, whichever is later. None: no clock runs."""
+    if (
+        verdict.ok
+        or verdict.reason in FAILURE_REASONS
+        or verdict.reason == cond.WAITING_FOR_WEIGHTS
+    ):
+        return None
+    start = _since(previous, type_, "False")
+    if type_ == SERVING:
+        weights_ready = _since(previous, WEIGHTS, "True")
+        start = max(filter(None, (start, weights_ready)), default=None)
+    return start
+
+
 def with_deadlines(
     stages: dict[str, Verdict], previous: list[dict[str, Any]], now: datetime.datetime
 ) -> dict[str, Verdict]:
-    """Stages still waiting past their own deadline get their own reason.
-
-    A stage's clock starts when it became not ready, or (serving) when the weights it waits
-    for became ready, whichever is later.
-    """
+    """Stages still waiting past their own deadline get their own reason. The message names
+    the deadline and when the wait began, not a running count (which would change the status
+    on every pass)."""
     out = dict(stages)
     for type_, (reason, limit) in DEADLINES.items():
         verdict = stages[type_]
-        if (
-            verdict.ok
-            or verdict.reason in FAILURE_REASONS
-            or verdict.reason == cond.WAITING_FOR_WEIGHTS
-        ):
-            continue
-        start = _since(previous, type_, "False")
-        if type_ == SERVING:
-            weights_ready = _since(previous, WEIGHTS, "True")
-            start = max(filter(None, (start, weights_ready)), default=None)
+        start = _clock(type_, verdict, previous)
         if start is not None and now - start > limit:
-            waited = int((now - start).total_seconds() // 60)
+            since = start.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             out[type_] = Verdict(
                 "False",
                 reason,
-                f"Still not ready after {waited} minutes (deadline {int(limit.total_seconds() // 60)}): {verdict.message}",
+                f"Not ready within its deadline of {int(limit.total_seconds() // 60)} minutes (waiting since {since}): {verdict.message}",
             )
     return out
+
+
+def next_deadline(
+    stages: dict[str, Verdict], conditions: list[dict[str, Any]], now: datetime.datetime
+) -> datetime.datetime | None:
+    """The earliest deadline still ahead among the waiting stages (given the conditions just
+    written): when the object needs a pass even if nothing else changes."""
+    ahead = []
+    for type_, (_, limit) in DEADLINES.items():
+        start = _clock(type_, stages[type_], conditions)
+        if start is not None and start + limit >= now:
+            ahead.append(start + limit + datetime.timedelta(seconds=1))
+    return min(ahead, default=None)
 
 
 def stages(

@@ -173,7 +173,11 @@ def model_status(
         events.append(
             Event("Normal", cond.RAYCLUSTER_RESCALED, "Worker min/max replicas updated in place.")
         )
-    return Outcome(status=new_status, events=events)
+    return Outcome(
+        status=new_status,
+        events=events,
+        requeue_at=observe.next_deadline(stages, conditions, now),
+    )
 
 
 def run_model(ctx: ModelContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:

@@ -1,4 +1,4 @@
-"""What a watch event or the resync loop reconciles: the handlers' decisions, pure.
+"""Which custom resources a watch event concerns: the handlers' decisions, pure.
 
 The handlers in `handlers.py` read what kopf and the API give them, ask here which objects
 to reconcile, and call the reconcilers; nothing here touches the API.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 from alpaca_operator.api import finetune, model
+from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
 
 # The labels render/capacity.py puts on a NodePool to name its AlpacaModel (cluster-scoped, it
@@ -20,6 +21,7 @@ OWNER_NAMESPACE_LABEL = "alpaca.dev/owner-namespace"
 OWNER_NAME_LABEL = "alpaca.dev/owner-name"
 
 NodeKey = tuple[Any, ...]
+Key = tuple[str, str, str]  # (kind, namespace, name) of a custom resource to reconcile
 
 
 def alive(obj: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
@@ -30,13 +32,6 @@ def alive(obj: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
 def in_scope(patterns: Sequence[str], namespace: str) -> bool:
     """Whether the operator watches a namespace (globs; all when there are none)."""
     return not patterns or any(fnmatch.fnmatch(namespace, p) for p in patterns)
-
-
-def to_reconcile(
-    objects: Iterable[dict[str, Any]], patterns: Sequence[str]
-) -> list[dict[str, Any]]:
-    """The listed objects a resync reconciles: in a watched namespace, not being deleted."""
-    return [o for o in objects if alive(o) and in_scope(patterns, o["metadata"]["namespace"])]
 
 
 def on_existing_nodes(obj: dict[str, Any]) -> bool:
@@ -52,20 +47,55 @@ def node_key(body: dict[str, Any]) -> NodeKey:
     return tuple(sorted(labels.items())), gpus, bool((body.get("spec") or {}).get("unschedulable"))
 
 
-def node_moved(
-    seen: MutableMapping[str, NodeKey], event_type: str | None, body: dict[str, Any]
-) -> bool:
-    """Record a node event in `seen`; whether it changed what capacity sees.
+def spec_moved(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """A custom resource event that asks for a pass: new to us, a new generation (spec), or
+    its deletion began. Status writes (ours, the trainer's) and annotations do not."""
+    if before is None:
+        return True
+    b, a = before["metadata"], after["metadata"]
+    return bool(
+        b.get("generation") != a.get("generation")
+        or b.get("uid") != a.get("uid")
+        or bool(b.get("deletionTimestamp")) != bool(a.get("deletionTimestamp"))
+    )
 
-    Heartbeats (most node events) change nothing here; the initial listing (type None) only
-    records what is there (the resume handlers reconcile at start-up).
-    """
-    name = body["metadata"]["name"]
-    now = None if event_type == "DELETED" else node_key(body)
-    before = seen.pop(name, None) if now is None else seen.get(name)
-    if now is not None:
-        seen[name] = now
-    return event_type is not None and now != before
+
+def child_wakes(body: dict[str, Any], cache_pvc: dict[str, Any] | None) -> list[Key]:
+    """The custom resources a child's change concerns, from its labels and owners (and, for a
+    weights cache's objects, the cache PVC's owners: every user of the cache)."""
+    meta = body["metadata"]
+    ns, labels = meta.get("namespace") or "", meta.get("labels") or {}
+    keys: list[Key] = []
+    if name_ := labels.get(names.LABEL_MODEL):
+        keys.append((model.KIND, ns, name_))
+    if tune := labels.get(names.LABEL_FINETUNE):
+        keys.append((finetune.KIND, ns, tune))
+    if labels.get(names.LABEL_CACHE):
+        for kind, name in cache_users(body) + cache_users(cache_pvc):
+            keys.append((kind, ns, name))
+    if owner := nodepool_owner(labels):
+        keys.append((model.KIND, owner[0], owner[1]))
+    return list(dict.fromkeys(keys))
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str] | None) -> bool:
+    return labels is not None and all(labels.get(k) == v for k, v in selector.items())
+
+
+def node_wakes(
+    before: dict[str, str] | None,
+    after: dict[str, str] | None,
+    selectors: dict[Key, dict[str, str] | None],
+) -> list[Key]:
+    """The models on existing nodes a node's change concerns: those whose node selector matches
+    the node's labels before or after it (None: a model not yet seen through a pass)."""
+    return [
+        key
+        for key, selector in selectors.items()
+        if selector is None
+        or selector_matches(selector, before)
+        or selector_matches(selector, after)
+    ]
 
 
 def cache_users(pvc: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -233,10 +233,18 @@ def test_a_stage_past_its_deadline_says_so_and_warns():
     doc = example("alpaca.yaml")
     doc["spec"]["capacity"]["nodeSelector"] = {"pool": "none"}
     create(kube, doc, "slow")
-    model_pass(ctx, "slow", NOW)
+    _, first = model_pass(ctx, "slow", NOW)
+    # the pass asks to be run again at the capacity stage's deadline, the nearest one
+    assert first.requeue_at == NOW + datetime.timedelta(minutes=20, seconds=1)
     obj, outcome = model_pass(ctx, "slow", NOW + datetime.timedelta(minutes=25))
     assert reasons(obj)[cond.CAPACITY] == cond.CAPACITY_TIMEOUT
-    assert "deadline 20" in _message(obj, cond.CAPACITY)
+    message = _message(obj, cond.CAPACITY)
+    assert "deadline of 20 minutes (waiting since 2026-11-24T12:00:00Z)" in message
+    # the next pass writes nothing: no running count in the message
+    again, _ = model_pass(ctx, "slow", NOW + datetime.timedelta(minutes=40))
+    assert _message(again, cond.CAPACITY) == message
+    # the weights stage's deadline (3 hours) is the next one now
+    assert outcome.requeue_at == NOW + datetime.timedelta(hours=3, seconds=1)
     assert reasons(obj)[cond.WEIGHTS] != cond.WEIGHTS_TIMEOUT  # its deadline is longer
     assert ("Warning", cond.CAPACITY_TIMEOUT) in [(e.type, e.reason) for e in outcome.events]
     assert obj["status"]["phase"] == "Provisioning"  # a timeout warns; the phase stays

@@ -1,4 +1,4 @@
-"""reconcile/triggers.py: which objects a watch event or the resync loop reconciles."""
+"""reconcile/triggers.py: which custom resources a watch event concerns."""
 
 from __future__ import annotations
 
@@ -36,10 +36,9 @@ def test_namespace_scope_is_globs_and_all_when_empty():
     assert not triggers.in_scope(["team-*", "ml"], "other")
 
 
-def test_a_resync_skips_objects_out_of_scope_or_being_deleted():
-    objects = [_obj("team-a"), _obj("other"), _obj("team-b", deleting=True)]
-    assert triggers.to_reconcile(objects, ["team-*"]) == [objects[0]]
-    assert triggers.to_reconcile(objects, []) == objects[:2]
+def test_dead_objects_are_not_reconciled():
+    assert triggers.alive(_obj("team-a"))
+    assert not triggers.alive(_obj("team-b", deleting=True))
     assert not triggers.alive(None)
 
 
@@ -49,20 +48,62 @@ def test_node_changes_matter_only_to_models_on_existing_nodes():
     assert not triggers.on_existing_nodes(_obj("ns", "karpenter"))
 
 
-def test_only_node_changes_capacity_sees_wake_models():
-    seen: dict[str, Any] = {}
-    assert not triggers.node_moved(seen, None, _node())  # the initial listing records
-    assert not triggers.node_moved(seen, "MODIFIED", _node())  # a heartbeat
+def test_only_node_changes_capacity_sees_count():
+    base = triggers.node_key(_node())
     heartbeat = _node()
     heartbeat["status"]["conditions"] = [{"type": "Ready", "lastHeartbeatTime": "later"}]
-    assert not triggers.node_moved(seen, "MODIFIED", heartbeat)
-    assert triggers.node_moved(seen, "MODIFIED", _node(gpus="8"))
-    assert triggers.node_moved(seen, "MODIFIED", _node(gpus="8", pool="gpu"))
-    assert triggers.node_moved(seen, "MODIFIED", _node(gpus="8", unschedulable=True, pool="gpu"))
-    assert triggers.node_moved(seen, "DELETED", _node())
-    assert seen == {}
-    assert not triggers.node_moved(seen, "DELETED", _node())  # never seen: nothing moved
-    assert triggers.node_moved(seen, "ADDED", _node())
+    assert triggers.node_key(heartbeat) == base
+    assert triggers.node_key(_node(gpus="8")) != base
+    assert triggers.node_key(_node(pool="gpu")) != base
+    assert triggers.node_key(_node(unschedulable=True)) != base
+
+
+def test_a_node_change_wakes_the_models_whose_selector_matches_before_or_after():
+    selectors: dict[triggers.Key, dict[str, str] | None] = {
+        ("AlpacaModel", "a", "on-a10"): {"gpu": "a10"},
+        ("AlpacaModel", "a", "on-l4"): {"gpu": "l4"},
+        ("AlpacaModel", "b", "anywhere"): {},
+        ("AlpacaModel", "b", "unknown"): None,  # no pass yet: woken by any change
+    }
+    moved = triggers.node_wakes({"gpu": "a10"}, {"gpu": "l4"}, selectors)
+    assert sorted(k[2] for k in moved) == ["anywhere", "on-a10", "on-l4", "unknown"]
+    added = triggers.node_wakes(None, {"gpu": "h100"}, selectors)
+    assert sorted(k[2] for k in added) == ["anywhere", "unknown"]
+    gone = triggers.node_wakes({"gpu": "l4"}, None, selectors)
+    assert sorted(k[2] for k in gone) == ["anywhere", "on-l4", "unknown"]
+
+
+def _cr(generation: int, deleting: bool = False, uid: str = "u1") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "m", "namespace": "ns", "generation": generation, "uid": uid}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-24T12:00:00Z"
+    return {"metadata": meta, "status": {"phase": "Ready" if generation else ""}}
+
+
+def test_a_pass_follows_a_spec_change_not_a_status_write():
+    assert triggers.spec_moved(None, _cr(1))  # new to us (the listing at start-up, a create)
+    assert not triggers.spec_moved(_cr(1), _cr(1))  # a status write, an annotation
+    assert triggers.spec_moved(_cr(1), _cr(2))
+    assert triggers.spec_moved(_cr(1), _cr(1, deleting=True))
+    assert triggers.spec_moved(_cr(1), _cr(1, uid="u2"))  # deleted and created again
+
+
+def test_a_child_wakes_its_owner_and_a_cache_object_every_user():
+    service = {"metadata": {"namespace": "ns", "labels": {"alpaca.dev/model": "m"}}}
+    assert triggers.child_wakes(service, None) == [("AlpacaModel", "ns", "m")]
+    training = {"metadata": {"namespace": "ns", "labels": {"alpaca.dev/finetune": "f"}}}
+    assert triggers.child_wakes(training, None) == [("AlpacaFineTune", "ns", "f")]
+    users = [{"kind": "AlpacaModel", "name": "a"}, {"kind": "AlpacaFineTune", "name": "f"}]
+    pvc = {"metadata": {"namespace": "ns", "labels": {"alpaca.dev/weights-cache": "c"}}}
+    pvc["metadata"]["ownerReferences"] = users
+    role = {"metadata": {"namespace": "ns", "labels": {"alpaca.dev/weights-cache": "c"}}}
+    expected = [("AlpacaModel", "ns", "a"), ("AlpacaFineTune", "ns", "f")]
+    assert triggers.child_wakes(pvc, pvc) == expected
+    assert triggers.child_wakes(role, pvc) == expected
+    spec = AlpacaModelSpec.model_validate(example("alpaca-karpenter.yaml")["spec"])
+    pool = capacity.nodepool(spec.capacity, spec.resources, "team", "spot")
+    assert pool is not None
+    assert ("AlpacaModel", "team", "spot") in triggers.child_wakes(pool, None)
 
 
 def test_a_caches_users_are_its_models_and_finetunes():

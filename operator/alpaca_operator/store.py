@@ -1,0 +1,181 @@
+"""What the operator has seen of the cluster: one copy of every watched object, fed by kopf's
+watch streams (index handlers, so kopf lists every kind before any handler runs) and by the
+operator's own writes (the apiserver's answer to a write is newer than any event before it).
+
+Reconcile passes read here instead of the apiserver, so a pass over an unchanged object sends
+no request. Reads hand out copies; a thread lock guards the maps (kopf feeds them from its event
+loop, passes read them from worker threads).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from alpaca_operator.kube import Kube
+from alpaca_operator.render.capacity import GPU_RESOURCE
+
+KindKey = tuple[str, str]  # (apiVersion, kind)
+ObjectKey = tuple[str, str]  # (namespace or "", name)
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    rv = str(obj.get("metadata", {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else None
+
+
+def trim_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What capacity needs of a node (its image list and conditions are most of its size)."""
+    meta, spec, status = node["metadata"], node.get("spec") or {}, node.get("status") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "uid", "resourceVersion", "labels", "deletionTimestamp")
+            if k in meta
+        },
+        "spec": {k: spec[k] for k in ("taints", "unschedulable") if k in spec},
+        "status": {
+            "allocatable": {
+                k: v for k, v in (status.get("allocatable") or {}).items() if k == GPU_RESOURCE
+            }
+        },
+    }
+
+
+def trim_crd(crd: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether a CRD is there and not being deleted (its schemas can be megabytes)."""
+    meta = crd["metadata"]
+    keep = ("name", "uid", "resourceVersion", "deletionTimestamp")
+    return {
+        "apiVersion": crd.get("apiVersion", "apiextensions.k8s.io/v1"),
+        "kind": "CustomResourceDefinition",
+        "metadata": {k: meta[k] for k in keep if k in meta},
+    }
+
+
+TRIM: dict[KindKey, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    ("v1", "Node"): trim_node,
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): trim_crd,
+}
+
+
+def _matches(obj: Mapping[str, Any], selector: Mapping[str, str] | None) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+class Store:
+    """Watched objects by kind, namespace and name."""
+
+    def __init__(self, kinds: set[KindKey]) -> None:
+        self.kinds = frozenset(kinds)  # what is watched: reads of other kinds go to the API
+        self._lock = threading.Lock()
+        self._objects: dict[KindKey, dict[ObjectKey, dict[str, Any]]] = {k: {} for k in kinds}
+
+    def watches(self, api_version: str, kind: str) -> bool:
+        return (api_version, kind) in self.kinds
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        """Keep `obj` unless the copy held is newer (an event that overtook our own write)."""
+        key = (str(obj["apiVersion"]), str(obj["kind"]))
+        if key not in self.kinds:
+            return
+        held = TRIM.get(key, dict)(obj)
+        meta = held["metadata"]
+        name = (meta.get("namespace") or "", meta["name"])
+        with self._lock:
+            old = self._objects[key].get(name)
+            new_v, old_v = _version(held), _version(old) if old is not None else None
+            if old is not None and new_v is not None and old_v is not None and new_v < old_v:
+                return
+            self._objects[key][name] = copy.deepcopy(dict(held))
+
+    def discard(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
+        with self._lock:
+            self._objects.get((api_version, kind), {}).pop((namespace or "", name), None)
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        with self._lock:
+            obj = self._objects[(api_version, kind)].get((namespace or "", name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        selector: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            found = [
+                obj
+                for (ns, _), obj in self._objects[(api_version, kind)].items()
+                if (namespace is None or ns == namespace) and _matches(obj, selector)
+            ]
+            return copy.deepcopy(found)
+
+    def count(self, api_version: str, kind: str) -> int:
+        with self._lock:
+            return len(self._objects[(api_version, kind)])
+
+
+def parse_selector(selector: str | None) -> dict[str, str]:
+    """`a=b,c=d` (the only form the operator uses for cached kinds)."""
+    pairs = [part.split("=", 1) for part in (selector or "").split(",") if part]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+class CachedKube(Kube):
+    """The operator's client: reads of watched kinds come from the store, every write's answer
+    goes into it; everything is sent through `inner`. Other kinds (a failed Job's pods, the
+    peering object) are read from the API."""
+
+    def __init__(self, inner: Kube, store: Store) -> None:
+        super().__init__(inner.api, inner.field_manager, inner.on_write, inner.on_request)
+        self.inner = inner
+        self.store = store
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        if self.store.watches(api_version, kind):
+            return self.store.get(api_version, kind, name, namespace)
+        return self.inner.get(api_version, kind, name, namespace)
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        if self.store.watches(api_version, kind):
+            return self.store.list(api_version, kind, namespace, parse_selector(selector))
+        return self.inner.list(api_version, kind, namespace, selector)
+
+    def apply(self, obj: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        result = self.inner.apply(obj, subresource)
+        self.store.put(result)
+        return result
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.inner.create(obj)
+
+    def json_patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        ops: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        result = self.inner.json_patch(api_version, kind, name, namespace, ops)
+        self.store.put(result)
+        return result
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        # the store keeps the object until its DELETED event (or, with finalizers, shows its
+        # deletionTimestamp when the watch brings it)
+        return self.inner.delete(api_version, kind, name, namespace)

@@ -1,0 +1,66 @@
+"""store.py: the watch-fed copy the passes read, and the client that reads it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alpaca_operator.store import CachedKube, Store, parse_selector, trim_node
+
+from .reconcile.fake_kube import FakeKube
+
+SERVICE = ("v1", "Service")
+
+
+def _svc(name: str, rv: str, **labels: str) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "ns", "resourceVersion": rv, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta}
+
+
+def test_a_newer_copy_is_never_replaced_by_an_older_event():
+    store = Store({SERVICE})
+    store.put(_svc("a", "10", v="write"))  # our write's answer
+    store.put(_svc("a", "9", v="event"))  # the watch event from before it
+    assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"v": "write"}
+    store.put(_svc("a", "11", v="later"))
+    assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"v": "later"}
+
+
+def test_reads_are_copies_and_lists_filter_by_namespace_and_labels():
+    store = Store({SERVICE})
+    store.put(_svc("a", "1", app="x"))
+    store.put(_svc("b", "1", app="y"))
+    store.get("v1", "Service", "a", "ns")["metadata"]["labels"]["app"] = "changed"
+    assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"app": "x"}
+    assert [o["metadata"]["name"] for o in store.list("v1", "Service", "ns", {"app": "y"})] == ["b"]
+    assert store.list("v1", "Service", "other") == []
+    store.discard("v1", "Service", "a", "ns")
+    assert store.get("v1", "Service", "a", "ns") is None
+    assert parse_selector("a=b, c=d") == {"a": "b", "c": "d"}
+
+
+def test_a_node_is_kept_as_capacity_sees_it():
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "n", "resourceVersion": "3", "labels": {"gpu": "a10"}},
+        "spec": {"unschedulable": True, "podCIDR": "10.0.0.0/24"},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": "4", "cpu": "8"},
+            "images": [{"names": ["x"] * 100}],
+        },
+    }
+    kept = trim_node(node)
+    assert kept["status"] == {"allocatable": {"nvidia.com/gpu": "4"}}
+    assert kept["spec"] == {"unschedulable": True}
+    assert kept["metadata"]["labels"] == {"gpu": "a10"}
+
+
+def test_the_client_reads_watched_kinds_from_the_store_and_writes_through():
+    api = FakeKube(())
+    store = Store({SERVICE})
+    kube = CachedKube(api, store)
+    assert kube.get("v1", "Service", "a", "ns") is None  # not in the store: not asked either
+    written = kube.apply(_svc("a", "0", app="x"))
+    assert store.get("v1", "Service", "a", "ns") == written
+    api.put(_svc("other", "5"))  # the API has it, the store does not (yet)
+    assert kube.get("v1", "Service", "other", "ns") is None
