@@ -207,8 +207,8 @@ def run_pass(rt: Runtime, key: Key) -> float | None:
     metrics.phases.set(kind, ns, name, outcome.status.get("phase"))
     if is_model:
         rt.selectors.pop(key, None)
-        if on_existing_nodes(body):
-            rt.selectors[key] = _node_selector(body)
+        if on_existing_nodes(body) and (selector := _node_selector(body)) is not None:
+            rt.selectors[key] = selector
     if outcome.requeue_at is None:
         return None
     return max(0.0, (outcome.requeue_at - now).total_seconds())

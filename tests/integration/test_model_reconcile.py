@@ -185,7 +185,31 @@ def test_model_goes_through_every_stage(control_plane, ctx, namespace):
     out = cp.kubectl_run("get", "-n", namespace, "am", "alpaca-7b").stdout
     assert "Ready" in out and "2/2" in out
 
-    # 5. Nothing changed: a reconcile sends no write at all.
+    # 5. Nothing changed: a reconcile sends no write at all (the apiserver's defaults on
+    # Services and PVCs, which have no generation, do not count as changes).
+    before = ctx.kube.writes
+    _pass(ctx, cp, namespace, "alpaca-7b")
+    assert ctx.kube.writes == before
+
+    # 6. Hand edits of children without a generation are put back.
+    service = "alpaca-7b-openai"
+    cp.kubectl_run(
+        "patch",
+        "-n",
+        namespace,
+        "service",
+        service,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"selector": {"ray.io/serve": "false"}}}),
+    )
+    cp.kubectl_run(
+        "label", "-n", namespace, "pvc", cache, "app.kubernetes.io/component=edited", "--overwrite"
+    )
+    _pass(ctx, cp, namespace, "alpaca-7b")
+    assert _get(cp, namespace, "service", service)["spec"]["selector"]["ray.io/serve"] == "true"
+    labels = _get(cp, namespace, "pvc", cache)["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "weights-cache"
     before = ctx.kube.writes
     _pass(ctx, cp, namespace, "alpaca-7b")
     assert ctx.kube.writes == before

@@ -64,3 +64,22 @@ def test_the_client_reads_watched_kinds_from_the_store_and_writes_through():
     assert store.get("v1", "Service", "a", "ns") == written
     api.put(_svc("other", "5"))  # the API has it, the store does not (yet)
     assert kube.get("v1", "Service", "other", "ns") is None
+
+
+def test_a_terminating_crd_is_not_installed():
+    crds = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    store = Store({crds})
+    kube = CachedKube(FakeKube(()), store)
+    crd = {
+        "apiVersion": crds[0],
+        "kind": crds[1],
+        "metadata": {"name": "rayservices.ray.io", "resourceVersion": "1"},
+        "spec": {"versions": [{"schema": "megabytes"}]},
+    }
+    store.put(crd)
+    assert kube.crd_installed("rayservices.ray.io")
+    assert "spec" not in store.get(*crds, "rayservices.ray.io")  # kept trimmed
+    crd["metadata"] |= {"resourceVersion": "2", "deletionTimestamp": "2026-12-02T00:00:00Z"}
+    store.put(crd)
+    assert not kube.crd_installed("rayservices.ray.io")
+    assert not kube.crd_installed("nodepools.karpenter.sh")

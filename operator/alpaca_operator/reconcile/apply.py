@@ -46,9 +46,27 @@ def content_hash(obj: dict[str, Any]) -> str:
     ).hexdigest()[:16]
 
 
+def contains(live: Any, want: Any) -> bool:
+    """Whether `live` holds everything `want` says (the apiserver adds defaults, never changes
+    what was set): maps by key, lists element by element, values equal."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(
+            k in live and contains(live[k], v) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(contains(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return bool(live == want)
+
+
 class Applier:
     """Applies desired children, remembering the generation each apply produced so that a
-    hand edit of a child (generation moved, hash annotation unchanged) is corrected."""
+    hand edit of a child (generation moved, hash annotation unchanged) is corrected. Kinds
+    without a generation (Service, PVC, ServiceAccount, Role, RoleBinding) are compared field
+    by field with what is desired instead."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
@@ -63,9 +81,14 @@ class Applier:
             live is not None
             and (live["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == digest
         ):
-            remembered = self._applied.get(key)
-            if remembered is None or remembered == live["metadata"].get("generation"):
-                return live
+            generation = live["metadata"].get("generation")
+            if generation is None:
+                if contains(live, desired):
+                    return live
+            else:
+                remembered = self._applied.get(key)
+                if remembered is None or remembered == generation:
+                    return live
         body = json.loads(json.dumps(desired))
         body["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
         result = self.kube.apply(body)

@@ -27,6 +27,17 @@ from alpaca_operator.kube import ApiError, Kube
 
 Key = tuple[str, str, str, str]  # apiVersion, kind, namespace ("" when cluster-scoped), name
 CREATED = "2026-11-24T12:00:00Z"
+# Kinds whose objects have no metadata.generation on a real apiserver (their edits leave no
+# trace but the resourceVersion).
+NO_GENERATION = {
+    "Service",
+    "PersistentVolumeClaim",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Node",
+    "Pod",
+}
 
 
 class Write(NamedTuple):
@@ -98,7 +109,8 @@ class FakeKube(Kube):
         obj = copy.deepcopy(obj)
         meta = obj["metadata"]
         meta.setdefault("uid", f"uid-{next(self._uids)}")
-        meta.setdefault("generation", 1)
+        if obj["kind"] not in NO_GENERATION:
+            meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", CREATED)
         meta["resourceVersion"] = str(next(self._versions))
         key = _key(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
@@ -162,7 +174,7 @@ class FakeKube(Kube):
             }
         if "status" in live:
             merged["status"] = live["status"]
-        if _content(merged) != _content(live):
+        if _content(merged) != _content(live) and "generation" in live["metadata"]:
             merged["metadata"]["generation"] = live["metadata"]["generation"] + 1
         merged["metadata"]["resourceVersion"] = str(next(self._versions))
         self.objects[key] = merged
@@ -184,7 +196,7 @@ class FakeKube(Kube):
         before = _content(copy.deepcopy(live))
         for op in ops:
             _patch(live, op)
-        if _content(live) != before:
+        if _content(live) != before and "generation" in live["metadata"]:
             live["metadata"]["generation"] += 1
         live["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(live)

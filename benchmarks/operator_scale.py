@@ -1,0 +1,285 @@
+"""The control loop at scale: this design against a baseline commit, side by side, on the real
+apiserver (issue 12).
+
+For each design, in turn, on a fresh control plane (etcd + kube-apiserver with an audit log):
+M GPU Node objects in 4 pools, N AlpacaModels in K namespaces (existing capacity, a node
+selector per pool, models of a namespace sharing their weights), bulk-applied at once; then
+
+- settle: seconds from the apply until every model has its first status;
+- at rest: the operator's requests per minute (the audit log; watches counted apart);
+- irrelevant churn: one label change per second on a node no model selects;
+- relevant churn: one label change per second on a node a quarter of the models select;
+- the operator's peak RSS and its CPU seconds over the whole run.
+
+The baseline runs from a `git worktree` of --baseline (default: the last commit before this
+design) put under .venv/tmp and removed afterwards. Nodes are plain Node objects (nothing
+schedules pods here: the KWOK tier is where pods would run).
+
+    .venv/bin/python benchmarks/operator_scale.py [--models 300] [--nodes 50] [--namespaces 30]
+        [--rest 60] [--churn 30] [--baseline 202581c] [--only new|baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "dev"))
+
+from alpaca_dev.controlplane import ControlPlane, stop_process  # noqa: E402
+
+OURS = ("alpaca-operator/", "kopf/", "OpenAPI-Generator/")
+POOLS = ("p0", "p1", "p2", "p3")
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+
+@dataclass
+class Figures:
+    settle_s: float = 0.0
+    rest_per_min: float = 0.0
+    rest_watches_per_min: float = 0.0
+    irrelevant_per_change: float = 0.0
+    relevant_per_change: float = 0.0
+    peak_rss_mib: float = 0.0
+    cpu_s: float = 0.0
+
+
+def k8s_bins() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "k8s-bins.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def crd_dir() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "thirdparty.sh"), "crds"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+class Audit:
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def count(self) -> tuple[int, int]:
+        """(requests, watches) of the operator since the mark."""
+        requests = watches = 0
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            for line in f:
+                entry = json.loads(line)
+                if not str(entry.get("userAgent", "")).startswith(OURS):
+                    continue
+                if entry.get("verb") == "watch":
+                    watches += entry.get("stage") == "ResponseStarted"
+                elif entry.get("stage") == "ResponseComplete":
+                    requests += 1
+        return requests, watches
+
+
+def _node(name: str, pool: str) -> dict[str, Any]:
+    labels = {"pool": pool, "nvidia.com/gpu.product": "NVIDIA-A10G"}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+def _model(name: str, pool: str) -> dict[str, Any]:
+    doc = yaml.safe_load((REPO / "examples" / "alpaca.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["capacity"]["nodeSelector"] = {"pool": pool}
+    return dict(doc)
+
+
+def _proc_figures(pid: int) -> tuple[float, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return hwm / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _settled(cp: ControlPlane, total: int) -> bool:
+    out = cp.kubectl_run("get", "alpacamodels", "-A", "-o", "json", timeout=120).stdout
+    items = json.loads(out)["items"]
+    done = [m for m in items if (m.get("status") or {}).get("observedGeneration") == 1]
+    return len(done) == total
+
+
+def run_design(
+    label: str, source: Path, args: argparse.Namespace, work: Path, bins: Path
+) -> Figures:
+    figures = Figures()
+    work.mkdir(parents=True)
+    policy = work / "audit-policy.yaml"
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    cp = ControlPlane(
+        bin_dir=bins,
+        workdir=work / "cp",
+        extra_apiserver_args=[
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={work / 'audit.log'}",
+            "--audit-log-format=json",
+            "--max-requests-inflight=800",
+        ],
+    )
+    with cp:
+        cp.kubectl_run("apply", "--server-side", "-f", str(source / "crds"))
+        cp.kubectl_run("apply", "--server-side", "-f", str(crd_dir()), timeout=120)
+        cp.wait_established("alpacamodels.alpaca.dev", "rayservices.ray.io")
+        nodes = [_node(f"gpu-{i}", POOLS[i % len(POOLS)]) for i in range(args.nodes)]
+        nodes.append(_node("spare", "spare"))
+        cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(nodes), timeout=300)
+        for ns in range(args.namespaces):
+            cp.kubectl_run("create", "namespace", f"scale-{ns}")
+        env = cp.env() | {"PYTHONPATH": str(source / "operator")}
+        log = (work / "operator.log").open("wb")
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alpaca_operator.cli",
+                "run",
+                "--standalone",
+                "--metrics-port=0",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=source,
+        )
+        try:
+            time.sleep(5)  # the operator lists what is there (nothing yet)
+            audit = Audit(work / "audit.log")
+            per_ns = args.models // args.namespaces
+            docs = {
+                ns: [_model(f"m{i}", POOLS[i % len(POOLS)]) for i in range(per_ns)]
+                for ns in range(args.namespaces)
+            }
+            started = time.monotonic()
+            for ns, models in docs.items():
+                cp.kubectl_run(
+                    "apply", "-n", f"scale-{ns}", "-f", "-", input=yaml.safe_dump_all(models)
+                )
+            total = per_ns * args.namespaces
+            deadline = started + args.settle_timeout
+            while not _settled(cp, total):
+                if time.monotonic() > deadline:
+                    print(f"{label}: not settled after {args.settle_timeout} s", file=sys.stderr)
+                    break
+                time.sleep(1)
+            figures.settle_s = time.monotonic() - started
+            time.sleep(10)  # the first passes' writes come back as events
+
+            audit.mark()
+            time.sleep(args.rest)
+            requests, watches = audit.count()
+            figures.rest_per_min = requests * 60 / args.rest
+            figures.rest_watches_per_min = watches * 60 / args.rest
+
+            for name, attr in (
+                ("spare", "irrelevant_per_change"),
+                ("gpu-1", "relevant_per_change"),
+            ):
+                audit.mark()
+                for i in range(args.churn):
+                    cp.kubectl_run("label", "node", name, f"churn={i}", "--overwrite")
+                    time.sleep(1)
+                time.sleep(5)
+                requests, _ = audit.count()
+                setattr(figures, attr, requests / args.churn)
+            figures.peak_rss_mib, figures.cpu_s = _proc_figures(operator.pid)
+        finally:
+            stop_process(operator)  # type: ignore[arg-type]
+            log.close()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=300)
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--namespaces", type=int, default=30)
+    parser.add_argument("--rest", type=float, default=60)
+    parser.add_argument("--churn", type=int, default=30)
+    parser.add_argument("--settle-timeout", type=float, default=900)
+    parser.add_argument("--baseline", default="202581c")
+    parser.add_argument("--only", choices=("new", "baseline"))
+    args = parser.parse_args()
+
+    bins = k8s_bins()
+    scratch = REPO / ".venv" / "tmp" / "operator-scale"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    baseline = scratch / "baseline-src"
+    results: dict[str, Figures] = {}
+    try:
+        if args.only != "baseline":
+            results["new"] = run_design("new", REPO, args, scratch / "new", bins)
+        if args.only != "new":
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(REPO),
+                    "worktree",
+                    "add",
+                    "--detach",
+                    str(baseline),
+                    args.baseline,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            results[f"baseline {args.baseline}"] = run_design(
+                "baseline", baseline, args, scratch / "baseline", bins
+            )
+    finally:
+        if baseline.exists():
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)],
+                check=False,
+            )
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"\n{args.models} AlpacaModels in {args.namespaces} namespaces, {args.nodes} GPU nodes")
+    rows = [
+        ("time until every model has a status (s)", "settle_s", "{:.1f}"),
+        ("requests/min at rest (watches apart)", "rest_per_min", "{:.1f}"),
+        ("watch (re)connections/min at rest", "rest_watches_per_min", "{:.1f}"),
+        ("requests per irrelevant node change", "irrelevant_per_change", "{:.2f}"),
+        ("requests per relevant node change", "relevant_per_change", "{:.2f}"),
+        ("operator peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+        ("operator CPU over the run (s)", "cpu_s", "{:.1f}"),
+    ]
+    names = list(results)
+    print(f"{'':42}" + "".join(f"{n:>22}" for n in names))
+    for title, attr, fmt in rows:
+        cells = "".join(f"{fmt.format(getattr(results[n], attr)):>22}" for n in names)
+        print(f"{title:42}{cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
