@@ -90,6 +90,7 @@ class ControlPlane:
     """More IP addresses for the serving certificate (the `kubernetes` Service's ClusterIP)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _owns_workdir: bool = False
+    _apiserver_args: list[str] = field(default_factory=list)
 
     # Filled by start():
     url: str = ""
@@ -132,7 +133,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         assert self.workdir is not None
-        log = (self.workdir / f"{name}.log").open("wb")
+        log = (self.workdir / f"{name}.log").open("ab")  # a restart adds to it
         proc = subprocess.Popen(
             args,
             stdout=log,
@@ -178,37 +179,43 @@ class ControlPlane:
             "kube-apiserver",
             "system:masters",
         )
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bin_dir / "kube-apiserver"),
-                f"--etcd-servers={etcd_url}",
-                f"--bind-address={self.address}",
-                f"--advertise-address={self.address}",
-                f"--secure-port={port}",
-                f"--cert-dir={self.workdir / 'certs'}",
-                f"--tls-cert-file={pki.serving_cert}",
-                f"--tls-private-key-file={pki.serving_key}",
-                f"--client-ca-file={pki.ca_cert}",
-                f"--service-account-key-file={pki.sa_public}",
-                f"--service-account-signing-key-file={pki.sa_private}",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                "--api-audiences=https://kubernetes.default.svc",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--authorization-mode=Node,RBAC",
-                f"--kubelet-client-certificate={kubelet_client}",
-                f"--kubelet-client-key={kubelet_client.with_suffix('.key')}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--allow-privileged=true",
-                "--enable-priority-and-fairness=false",
-                "--event-ttl=1h",
-                # the endpoint reconciler refuses loopback addresses; elsewhere (a node's
-                # address) it keeps the `kubernetes` Service's endpoints, for pods
-                *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
-                "--v=0",
-                *self.extra_apiserver_args,
-            ],
-        )
+        self._apiserver_args = [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'certs'}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--service-account-key-file={pki.sa_public}",
+            f"--service-account-signing-key-file={pki.sa_private}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--api-audiences=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={kubelet_client}",
+            f"--kubelet-client-key={kubelet_client.with_suffix('.key')}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--allow-privileged=true",
+            "--enable-priority-and-fairness=false",
+            "--event-ttl=1h",
+            # the endpoint reconciler refuses loopback addresses; elsewhere (a node's
+            # address) it keeps the `kubernetes` Service's endpoints, for pods
+            *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
+            "--v=0",
+            *self.extra_apiserver_args,
+        ]
+        self._spawn("kube-apiserver", self._apiserver_args)
+
+    def restart_apiserver(self, down: float, timeout: float = 90.0) -> None:
+        """Stop the apiserver, keep it away for `down` seconds, start it again on the same
+        address (clients see refused connections meanwhile; etcd keeps the state)."""
+        stop_process(self.processes.pop("kube-apiserver"))
+        time.sleep(down)
+        self._spawn("kube-apiserver", self._apiserver_args)
+        self._wait_ready(timeout)
 
     def start_controller_manager(self, controllers: list[str]) -> None:
         """Run kube-controller-manager with only the named controllers (e.g. the garbage

@@ -231,3 +231,36 @@ def test_requests_at_rest_for_unchanged_objects_and_for_node_changes(audited, tm
             key = (ns, event["involvedObject"]["name"], event["reason"], event["message"])
             assert key not in seen, f"posted twice: {key}"
             seen.add(key)
+
+
+def test_the_apiserver_away_for_a_minute_loses_no_change(audited, tmp_path):
+    """The apiserver stops for 60 s right after a spec change; when it is back, the operator
+    (never restarted) brings the model to its newest generation and follows a node change."""
+    cp, _ = audited
+    ns = "req-outage"
+    cp.kubectl_run("create", "namespace", ns)
+    cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump(_node("outage-node", "outage")))
+    _gpus(cp, "outage-node", 1)
+    _apply(cp, [_model("m", "outage")], ns)
+    port = free_port()
+    with operator_process(
+        cp.env(), tmp_path / "operator.log", "--standalone", f"--metrics-port={port}"
+    ) as proc:
+
+        def observed(generation: int, capacity: str) -> bool:
+            m = cp.get_json("alpacamodel", "m", ns) or {}
+            status = m.get("status") or {}
+            conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+            return (
+                status.get("observedGeneration") == generation
+                and conditions.get("CapacityReady") == capacity
+            )
+
+        wait_for(lambda: observed(1, "True"), "the first status", 120)
+        changed = _model("m", "outage")
+        changed["spec"]["engine"]["maxModelLen"] = 1024
+        _apply(cp, [changed], ns)
+        cp.restart_apiserver(down=60)
+        _gpus(cp, "outage-node", 0)
+        wait_for(lambda: observed(2, "False"), "the newest generation and the node change", 360)
+        assert proc.poll() is None  # the same operator process
