@@ -48,7 +48,7 @@ from alpaca_operator.reconcile.triggers import (
     nodepool_owner,
     on_existing_nodes,
     outranked,
-    spec_moved,
+    spec_mark,
 )
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import placement
@@ -103,6 +103,9 @@ class Runtime:
     priority: int = 0
     selectors: dict[Key, dict[str, str] | None] = field(default_factory=dict)
     """Models on existing GPU nodes -> their node selector (None: not known yet)."""
+    marks: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
+    """Custom resources -> their spec mark as their watch events last showed it (not the
+    store, which our own writes update first: a model a fine-tune creates must get a pass)."""
     ready: bool = False
 
 
@@ -280,10 +283,11 @@ async def custom_resources(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
     obj = dict(body)
     meta = obj["metadata"]
-    before = rt.store.get(API_VERSION, obj["kind"], meta["name"], meta["namespace"])
     rt.store.put(obj)
-    if spec_moved(before, obj):
-        rt.passes.request((obj["kind"], meta["namespace"], meta["name"]))
+    key, mark = (obj["kind"], meta["namespace"], meta["name"]), spec_mark(obj)
+    if rt.marks.get(key) != mark:
+        rt.marks[key] = mark
+        rt.passes.request(key)
 
 
 @kopf.index("v1", "nodes")
@@ -364,6 +368,7 @@ async def custom_resource_event(
     rt.store.discard(API_VERSION, body["kind"], meta["name"], meta["namespace"])
     rt.passes.forget(key)
     rt.selectors.pop(key, None)
+    rt.marks.pop(key, None)
     rt.metrics.phases.set(body["kind"], meta["namespace"], meta["name"], None)
     log.info("deleted %s %s/%s; children go by owner references", *key)
     if body["kind"] == model.KIND:

@@ -147,6 +147,31 @@ def test_finetune_lifecycle(control_plane, operator, namespace):
     assert _get(cp, namespace, "aft", "alpaca-lora-7b") is None
 
 
+def test_a_finished_finetune_hands_its_result_to_a_model_that_gets_its_own_pass(
+    control_plane, thirdparty_crds, operator, namespace
+):
+    """The AlpacaModel a fine-tune creates is the operator's own write: it must still get a
+    pass of its own (its status), as a model applied by a user does."""
+    cp = control_plane
+    cp.kubectl_run("apply", "-n", namespace, "-f", str(REPO / "examples" / "finetune.yaml"))
+    fill = _wait(lambda: _items(cp, namespace, "jobs"), what="the base model's fill Job")
+    cp.complete_job(namespace, fill[0]["metadata"]["name"])
+    _wait(lambda: _get(cp, namespace, "job", "alpaca-7b-sft-train"), what="the training Job")
+    cp.complete_job(namespace, "alpaca-7b-sft-train")
+    served = _wait(
+        lambda: (
+            (m := _get(cp, namespace, "am", "my-alpaca-7b"))
+            and m.get("status", {}).get("observedGeneration") == 1
+            and m
+        ),
+        timeout=60,
+        what="the served model's first status",
+    )
+    assert _condition(served, "Accepted")["status"] == "True"
+    tune = _get(cp, namespace, "aft", "alpaca-7b-sft")
+    assert tune["status"]["phase"] == "Succeeded"
+
+
 def test_operator_ignores_other_namespaces(control_plane, operator):
     cp = control_plane
     cp.kubectl_run("apply", "-n", "default", "-f", str(REPO / "examples" / "alpaca-local.yaml"))

@@ -47,17 +47,12 @@ def node_key(body: dict[str, Any]) -> NodeKey:
     return tuple(sorted(labels.items())), gpus, bool((body.get("spec") or {}).get("unschedulable"))
 
 
-def spec_moved(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
-    """A custom resource event that asks for a pass: new to us, a new generation (spec), or
-    its deletion began. Status writes (ours, the trainer's) and annotations do not."""
-    if before is None:
-        return True
-    b, a = before["metadata"], after["metadata"]
-    return bool(
-        b.get("generation") != a.get("generation")
-        or b.get("uid") != a.get("uid")
-        or bool(b.get("deletionTimestamp")) != bool(a.get("deletionTimestamp"))
-    )
+def spec_mark(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a custom resource asks for a pass when it moves: its uid (deleted and created
+    again), its generation (the spec), whether its deletion began. Status writes (ours, the
+    trainer's) and annotations do not move it."""
+    meta = obj["metadata"]
+    return meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp"))
 
 
 def child_wakes(body: dict[str, Any], cache_pvc: dict[str, Any] | None) -> list[Key]:

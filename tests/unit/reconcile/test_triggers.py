@@ -81,11 +81,13 @@ def _cr(generation: int, deleting: bool = False, uid: str = "u1") -> dict[str, A
 
 
 def test_a_pass_follows_a_spec_change_not_a_status_write():
-    assert triggers.spec_moved(None, _cr(1))  # new to us (the listing at start-up, a create)
-    assert not triggers.spec_moved(_cr(1), _cr(1))  # a status write, an annotation
-    assert triggers.spec_moved(_cr(1), _cr(2))
-    assert triggers.spec_moved(_cr(1), _cr(1, deleting=True))
-    assert triggers.spec_moved(_cr(1), _cr(1, uid="u2"))  # deleted and created again
+    mark = triggers.spec_mark(_cr(1))
+    status_written = _cr(1)
+    status_written["status"] = {"phase": "Deploying"}
+    assert triggers.spec_mark(status_written) == mark  # a status write, an annotation
+    assert triggers.spec_mark(_cr(2)) != mark
+    assert triggers.spec_mark(_cr(1, deleting=True)) != mark
+    assert triggers.spec_mark(_cr(1, uid="u2")) != mark  # deleted and created again
 
 
 def test_a_child_wakes_its_owner_and_a_cache_object_every_user():
