@@ -107,6 +107,7 @@ MODEL_CREATED = "ModelCreated"
 
 RAYCLUSTER_RECREATED = "RayClusterRecreated"  # the pod templates changed: RayCluster deleted
 RAYCLUSTER_RESCALED = "RayClusterRescaled"  # worker min/max replicas patched in place
+API_REFUSED = "ApiRefused"  # the apiserver refused a write of a pass (quota, RBAC, immutable)
 
 # --- reasons by condition type, and what they mean --------------------------------------
 
@@ -182,7 +183,7 @@ REASONS_OF: dict[str, frozenset[str]] = {
 }
 """Every reason each condition type can carry."""
 
-EVENT_REASONS = frozenset({RAYCLUSTER_RECREATED, RAYCLUSTER_RESCALED})
+EVENT_REASONS = frozenset({RAYCLUSTER_RECREATED, RAYCLUSTER_RESCALED, API_REFUSED})
 """Reasons of Events that are not a condition's transition."""
 
 FAILURE_REASONS = (

@@ -23,10 +23,12 @@ import kopf
 import kubernetes
 
 from alpaca_operator import __version__, events
+from alpaca_operator import conditions as cond
+from alpaca_operator.accept import Event
 from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
 from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
-from alpaca_operator.kube import Kube
+from alpaca_operator.kube import ApiError, Kube
 from alpaca_operator.metrics import Metrics
 from alpaca_operator.passes import Key, Passes
 from alpaca_operator.reconcile.apply import Applier
@@ -103,6 +105,8 @@ class Runtime:
     priority: int = 0
     selectors: dict[Key, dict[str, str] | None] = field(default_factory=dict)
     """Models on existing GPU nodes -> their node selector (None: not known yet)."""
+    refusals: dict[Key, str] = field(default_factory=dict)
+    """Objects whose last pass the apiserver refused -> the refusal posted (posted once)."""
     marks: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
     """Custom resources -> their spec mark as their watch events last showed it (not the
     store, which our own writes update first: a model a fine-tune creates must get a pass)."""
@@ -201,9 +205,14 @@ def run_pass(rt: Runtime, key: Key) -> float | None:
             if write_status(rt.kube, body, outcome.status):
                 log.info("%s %s/%s: %s", kind, ns, name, _summary(outcome.status))
             events.post(rt.kube, body, outcome.events, now)
+        except ApiError as exc:
+            metrics.reconciles.labels(kind, "error").inc()
+            _refused(rt, key, body, exc, now)
+            raise
         except Exception:
             metrics.reconciles.labels(kind, "error").inc()
             raise
+    rt.refusals.pop(key, None)
     metrics.reconciles.labels(kind, "ok").inc()
     before = (body.get("status") or {}).get("conditions") or []
     metrics.record_stages(kind, before, outcome.status.get("conditions") or [], now)
@@ -215,6 +224,22 @@ def run_pass(rt: Runtime, key: Key) -> float | None:
     if outcome.requeue_at is None:
         return None
     return max(0.0, (outcome.requeue_at - now).total_seconds())
+
+
+def _refused(
+    rt: Runtime, key: Key, body: dict[str, Any], exc: ApiError, now: datetime.datetime
+) -> None:
+    """A write the apiserver refused (a quota's 403, an immutable field's 422) is said on the
+    object as a Warning Event, once per distinct refusal, not only in the operator's log; the
+    pass is retried with backoff."""
+    message = f"The apiserver refused a write of this pass ({exc}); retrying with backoff."
+    if rt.refusals.get(key) == message:
+        return
+    rt.refusals[key] = message
+    try:
+        events.post(rt.kube, body, [Event("Warning", cond.API_REFUSED, message)], now)
+    except Exception:
+        log.exception("posting the refusal on %s %s/%s failed", *key)
 
 
 def _summary(status: dict[str, Any]) -> str:
@@ -369,6 +394,7 @@ async def custom_resource_event(
     rt.passes.forget(key)
     rt.selectors.pop(key, None)
     rt.marks.pop(key, None)
+    rt.refusals.pop(key, None)
     rt.metrics.phases.set(body["kind"], meta["namespace"], meta["name"], None)
     log.info("deleted %s %s/%s; children go by owner references", *key)
     if body["kind"] == model.KIND:

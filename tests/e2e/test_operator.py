@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from alpaca_dev.controlplane import free_port, wait_for
 from tests.conftest import operator_process
@@ -170,6 +171,53 @@ def test_a_finished_finetune_hands_its_result_to_a_model_that_gets_its_own_pass(
     assert _condition(served, "Accepted")["status"] == "True"
     tune = _get(cp, namespace, "aft", "alpaca-7b-sft")
     assert tune["status"]["phase"] == "Succeeded"
+
+
+def test_a_refused_write_is_said_on_the_object_and_retried(control_plane, operator, namespace):
+    """A PVC of the cache's name that is not the cache (made by hand, another access mode):
+    the operator's apply is refused (422, a PVC's spec is immutable), a Warning Event on the
+    model says so, once; when the PVC goes, the retried pass makes the cache."""
+    from alpaca_operator.api import AlpacaModelSpec
+    from alpaca_operator.render import names
+
+    cp = control_plane
+    doc = yaml.safe_load((REPO / "examples" / "alpaca-local.yaml").read_text())
+    cache = names.cache_name(AlpacaModelSpec.model_validate(doc["spec"]).weights)
+    squatter = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": cache},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "2Gi"}}},
+    }
+    cp.kubectl_run("apply", "-n", namespace, "-f", "-", input=json.dumps(squatter))
+    cp.kubectl_run("apply", "-n", namespace, "-f", str(REPO / "examples" / "alpaca-local.yaml"))
+
+    def refusals() -> list[dict[str, Any]]:
+        return [e for e in _items(cp, namespace, "events") if e["reason"] == "ApiRefused"]
+
+    event = _wait(refusals, timeout=60, what="the ApiRefused Event")[0]
+    assert event["type"] == "Warning" and event["involvedObject"]["name"] == "smollm2"
+    assert "422" in event["message"] and cache in event["message"]
+    time.sleep(5)  # the retries meanwhile post nothing new
+    assert len(refusals()) == 1
+    # no controller-manager here to lift the pvc-protection finalizer: the test does
+    cp.kubectl_run("delete", "-n", namespace, "pvc", cache, "--wait=false")
+    cp.kubectl_run(
+        "patch",
+        "-n",
+        namespace,
+        "pvc",
+        cache,
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":null}}',
+    )
+
+    def ours() -> dict[str, Any] | None:
+        pvc = _get(cp, namespace, "pvc", cache)
+        return pvc if pvc and pvc["spec"]["accessModes"] == ["ReadWriteOnce"] else None
+
+    _wait(ours, timeout=180, what="the cache PVC after the hand-made one went")
 
 
 def test_operator_ignores_other_namespaces(control_plane, operator):

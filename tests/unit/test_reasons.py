@@ -80,6 +80,7 @@ def test_reason_values_do_not_change():
     """They are API: a rename breaks users' alerts and the Argo CD health checks."""
     assert sorted(reason_constants().values()) == sorted(
         [
+            "ApiRefused",
             "SpecValid",
             "InvalidSpec",
             "NodePoolCRDMissing",
