@@ -78,6 +78,33 @@ def _suspend(spec: AlpacaFineTuneSpec, job: dict[str, Any] | None) -> bool:
     return False
 
 
+def _succeeded(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    return status.get("phase") == "Succeeded" and status.get("observedGeneration") == generation
+
+
+def _settle_job(
+    ctx: FineTuneContext, live: dict[str, Any], desired: dict[str, Any]
+) -> dict[str, Any]:
+    """A running training Job gets only what a Job lets change: `suspend` and labels (the
+    Kueue queue). Its pod template is immutable, and a newer operator's default image must not
+    be applied to a run that started with the old one (it would be refused, on every pass)."""
+    ops: list[dict[str, Any]] = []
+    want = bool(desired["spec"].get("suspend"))
+    if bool(live["spec"].get("suspend")) != want:
+        ops.append({"op": "replace", "path": "/spec/suspend", "value": want})
+    labels = live["metadata"].get("labels") or {}
+    for key, value in (desired["metadata"].get("labels") or {}).items():
+        if labels.get(key) != value:
+            path = "/metadata/labels/" + key.replace("~", "~0").replace("/", "~1")
+            ops.append({"op": "add", "path": path, "value": value})
+    if not ops:
+        return live
+    meta = live["metadata"]
+    return ctx.kube.json_patch("batch/v1", "Job", meta["name"], meta["namespace"], ops)
+
+
 def reconcile_finetune(
     ctx: FineTuneContext,
     body: dict[str, Any],
@@ -97,6 +124,9 @@ def reconcile_finetune(
     _owned(ctx, render.rendezvous_service(name, ns), body)
     for obj in render.trainer_rbac(name, ns):
         _owned(ctx, obj, body)
+    if children.cache.filled and job is None and _succeeded(body):
+        # the run is over and its Job went (its TTL, a hand): never train again
+        return Outcome(status=dict(body.get("status") or {}))
     if children.cache.filled:
         place = render_capacity.placement(spec.capacity, spec.resources, ns, name)
         desired = render.training_job(
@@ -109,7 +139,7 @@ def reconcile_finetune(
             place,
             suspend=_suspend(spec, job),
         )
-        job = _owned(ctx, desired, body)
+        job = _owned(ctx, desired, body) if job is None else _settle_job(ctx, job, desired)
     children.job = job
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":

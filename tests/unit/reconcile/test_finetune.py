@@ -6,6 +6,7 @@ The same path as tests/integration/test_finetune_reconcile.py, on the in-memory 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -227,3 +228,32 @@ def test_a_karpenter_finetune_gets_the_nodepool_its_pods_select():
     finetune_pass(ctx, name)
     pod = _job(kube, names.training_job_name(name))["spec"]["template"]["spec"]
     assert kube.names("NodePool") == [pod["nodeSelector"][names.LABEL_NODEPOOL]]
+
+
+def test_a_newer_operators_default_image_leaves_a_running_job_alone():
+    """Every operator release moves the default training image; a Job's pod template is
+    immutable, so re-applying it would be refused on every pass."""
+    kube, name, job = _start(LORA)
+    _fill(kube, LORA)
+    finetune_pass(finetune_context(kube), name)
+    before = _job(kube, job)
+    upgraded = finetune_context(kube)
+    upgraded.config = dataclasses.replace(upgraded.config, training_image="alpaca-training:next")
+    finetune_pass(upgraded, name)  # FakeKube refuses a template change with a 422
+    assert _job(kube, job)["spec"]["template"] == before["spec"]["template"]
+    _patch_spec(kube, name, suspend=True)  # what a Job lets change still follows the spec
+    finetune_pass(upgraded, name)
+    assert _job(kube, job)["spec"]["suspend"] is True
+
+
+def test_a_finished_runs_job_deleted_by_hand_is_not_run_again():
+    kube, name, job = _start(LORA)
+    _fill(kube, LORA)
+    finetune_pass(finetune_context(kube), name)
+    complete_job(kube, job)
+    obj, _ = finetune_pass(finetune_context(kube), name)
+    assert obj["status"]["phase"] == "Succeeded"
+    del kube.objects[("batch/v1", "Job", NS, job)]  # its TTL, or a hand
+    obj, outcome = finetune_pass(finetune_context(kube), name)
+    assert job not in kube.names("Job")
+    assert obj["status"]["phase"] == "Succeeded" and outcome.events == []
