@@ -228,6 +228,22 @@ def test_same_weights_share_one_cache_and_one_job(control_plane, ctx, namespace)
     assert sorted(r["name"] for r in pvcs[0]["metadata"]["ownerReferences"]) == ["first", "second"]
     assert not any(r.get("controller") for r in pvcs[0]["metadata"]["ownerReferences"])
 
+    # New weights for both: the shared cache is given up by the first and goes with the second
+    # (an emptied owner list would leave it to no one: the garbage collector never takes it).
+    shared = pvcs[0]["metadata"]["name"]
+    other = json.loads(json.dumps(doc))
+    other["spec"]["weights"]["source"] = "https://example.com/models/other/"
+    for name in ("first", "second"):
+        _create(cp, namespace, other, name)
+        _pass(ctx, cp, namespace, name)
+        pvc = _get(cp, namespace, "pvc", shared)
+        if name == "first":
+            assert [r["name"] for r in pvc["metadata"]["ownerReferences"]] == ["second"]
+        else:  # deleted (pvc-protection holds it while a pod might use it)
+            assert pvc is None or pvc["metadata"].get("deletionTimestamp")
+    job = _get(cp, namespace, "job", jobs[0]["metadata"]["name"])
+    assert job is None or job["metadata"].get("deletionTimestamp")
+
 
 def test_karpenter_nodepool_accepted_by_the_real_crd(control_plane, ctx, namespace):
     cp = control_plane

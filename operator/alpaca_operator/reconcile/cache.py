@@ -72,3 +72,52 @@ def ensure_cache(
     if (job.get("status") or {}).get("failed"):  # the Job failed, or an attempt did
         state.fill_pod_message = termination_message(kube, job)
     return state
+
+
+def claim_names(obj: Any) -> set[str]:
+    """Every PVC a manifest mounts (its volumes' claimName, at any depth)."""
+    if isinstance(obj, dict):
+        found = {str(obj["claimName"])} if isinstance(obj.get("claimName"), str) else set()
+        for value in obj.values():
+            found |= claim_names(value)
+        return found
+    if isinstance(obj, list):
+        return set().union(*(claim_names(v) for v in obj)) if obj else set()
+    return set()
+
+
+def release_caches(kube: Kube, user: dict[str, Any], keep: set[str]) -> list[str]:
+    """Stop owning the weights caches `user` no longer uses (its weights or adapters changed,
+    and nothing it runs mounts them any more): another user keeps them; the last user deletes
+    the cache and its fill Job, which the garbage collector would never do for an object
+    whose owner list was emptied. The names released."""
+    meta = user["metadata"]
+    ns, uid = meta["namespace"], meta["uid"]
+    released = []
+    for pvc in kube.list("v1", "PersistentVolumeClaim", ns):
+        name = pvc["metadata"]["name"]
+        labels = pvc["metadata"].get("labels") or {}
+        refs = pvc["metadata"].get("ownerReferences") or []
+        if (
+            names.LABEL_CACHE not in labels
+            or name in keep
+            or uid not in {r.get("uid") for r in refs}
+        ):
+            continue
+        others = [r for r in refs if r.get("uid") != uid]
+        job = kube.get("batch/v1", "Job", names.fill_job_name(name), ns)
+        if others:
+            op = [{"op": "replace", "path": "/metadata/ownerReferences", "value": others}]
+            kube.json_patch("v1", "PersistentVolumeClaim", name, ns, op)
+            if job is not None:
+                job_others = [
+                    r for r in job["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
+                ]
+                op = [{"op": "replace", "path": "/metadata/ownerReferences", "value": job_others}]
+                kube.json_patch("batch/v1", "Job", job["metadata"]["name"], ns, op)
+        else:
+            if job is not None:
+                kube.delete("batch/v1", "Job", job["metadata"]["name"], ns)
+            kube.delete("v1", "PersistentVolumeClaim", name, ns)
+        released.append(name)
+    return released

@@ -18,7 +18,7 @@ from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe import model as observe
 from alpaca_operator.reconcile.apply import Applier, owner_reference
-from alpaca_operator.reconcile.cache import ensure_cache
+from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_caches
 from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, rayservice
@@ -117,6 +117,11 @@ def reconcile_model(
     _capacity(ctx, spec, name, ns, children)
     _weights(ctx, spec, body, children)
     _serving(ctx, spec, body, children, place)
+    keep = {names.cache_name(spec.weights)}
+    keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
+    live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)
+    keep |= claim_names(live)  # serving switches to new weights only once they are filled
+    release_caches(ctx.kube, body, keep)
     return model_status(
         spec,
         generation,

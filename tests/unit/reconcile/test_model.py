@@ -6,6 +6,7 @@ move as the other controllers (Job controller, KubeRay, Karpenter) report.
 
 from __future__ import annotations
 
+import copy
 import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from alpaca_operator.render import names
 from .fake_kube import FakeKube
 from .support import (
     ALL_CRDS,
+    API,
     NOW,
     NS,
     complete_job,
@@ -264,3 +266,49 @@ def test_a_fill_failure_reason_reaches_the_status():
     assert "model.safetensors differs" in _message(obj, cond.WEIGHTS)
     assert obj["status"]["phase"] == "Failed"
     assert ("Warning", "ChecksumMismatch") in [(e.type, e.reason) for e in outcome.events]
+
+
+def _switch_weights(kube: FakeKube, name: str, source: str) -> dict[str, Any]:
+    obj = kube.objects[(API, "AlpacaModel", NS, name)]
+    obj["spec"]["weights"]["source"] = source
+    obj["metadata"]["generation"] += 1
+    return copy.deepcopy(obj)
+
+
+def test_new_weights_release_the_old_cache_once_serving_switched():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc)
+    old = _cache(doc)
+    model_pass(ctx, "smollm2")
+    complete_job(kube, names.fill_job_name(old))
+    model_pass(ctx, "smollm2")
+    assert kube.names("RayService") == ["smollm2"]
+
+    new = _cache(_switch_weights(kube, "smollm2", "https://example.com/models/other/"))
+    model_pass(ctx, "smollm2")
+    # the new cache fills while the old one still serves: both stay
+    assert kube.names("PersistentVolumeClaim") == sorted([old, new])
+    complete_job(kube, names.fill_job_name(new))
+    model_pass(ctx, "smollm2")  # serving switches to the new cache, the old one goes
+    assert kube.names("PersistentVolumeClaim") == [new]
+    assert kube.names("Job") == [names.fill_job_name(new)]
+
+
+def test_a_cache_another_model_uses_is_only_given_up():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc, "first")
+    create(kube, doc, "second")
+    shared = _cache(doc)
+    model_pass(ctx, "first")
+    model_pass(ctx, "second")
+    _switch_weights(kube, "first", "https://example.com/models/other/")
+    model_pass(ctx, "first")  # nothing served from the shared cache yet: released at once
+    assert owners(kube.stored("v1", "PersistentVolumeClaim", shared, NS)) == [
+        ("AlpacaModel", "second", False)
+    ]
+    job = kube.stored("batch/v1", "Job", names.fill_job_name(shared), NS)
+    assert owners(job) == [("AlpacaModel", "second", False)]
