@@ -160,6 +160,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         priority=int(memo.get("priority") or 0),
     )
     memo.runtime = rt
+    metrics.queue_depth.set_function(rt.passes.depth)
     if memo.get("metrics_port"):
         metrics.serve(int(memo.metrics_port))
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -74,6 +74,11 @@ class Metrics:
             "alpaca_api_requests",
             "Requests the operator's passes sent to the Kubernetes API (kopf's watches aside).",
             ["verb"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "alpaca_work_queue_depth",
+            "Objects waiting for a reconcile pass or in one.",
             registry=self.registry,
         )
         self.phases = PhaseTracker()

@@ -81,6 +81,10 @@ class Passes:
     def idle(self) -> bool:
         return not (self._queued or self._running or self._again)
 
+    def depth(self) -> int:
+        """Objects waiting for a pass or in one (timers aside): the work queue's depth."""
+        return len(self._queued | self._running | self._again)
+
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()

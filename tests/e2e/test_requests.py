@@ -26,6 +26,7 @@ NODES_PER_POOL = 3
 OURS = ("alpaca-operator/", "kopf/")
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 PASSES = 'alpaca_reconcile_total{kind="AlpacaModel",result="ok"}'
+DEPTH = "alpaca_work_queue_depth"
 
 
 class Audit:
@@ -48,7 +49,11 @@ class Audit:
             entry = json.loads(line)
             if not str(entry.get("userAgent", "")).startswith(OURS):
                 continue
-            if entry.get("stage") == "ResponseComplete" and entry.get("verb") != "watch":
+            # kopf's watch machinery (a watch, a re-list after a 410) is not a pass's request
+            if entry.get("stage") == "ResponseComplete" and entry.get("verb") not in (
+                "watch",
+                "list",
+            ):
                 found.append(entry)
         return found
 
@@ -116,22 +121,29 @@ def _gpus(cp: ControlPlane, node: str, count: int) -> None:
     )
 
 
-def _passes(port: int) -> float:
+def _metric(port: int, name: str) -> float:
+    """A sample's value by its full name (labels included), 0 when absent."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            if line.startswith(PASSES):
-                return float(line.split()[-1])
+            key, _, value = line.rpartition(" ")
+            if key == name:
+                return float(value)
     return 0.0
 
 
+def _passes(port: int) -> float:
+    return _metric(port, PASSES)
+
+
 def _quiet(port: int, seconds: float = 4.0) -> float:
-    """Wait until no pass has finished for `seconds`; the count of passes then."""
+    """Wait until the work queue is empty and no pass has finished for `seconds`; the count
+    of passes then."""
     last, since = _passes(port), time.monotonic()
 
     def settled() -> float | None:
         nonlocal last, since
         now = _passes(port)
-        if now != last:
+        if now != last or _metric(port, DEPTH):
             last, since = now, time.monotonic()
         return now if time.monotonic() - since >= seconds else None
 
