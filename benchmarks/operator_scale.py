@@ -154,7 +154,10 @@ def run_design(
         cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(nodes), timeout=300)
         for ns in range(args.namespaces):
             cp.kubectl_run("create", "namespace", f"scale-{ns}")
-        env = cp.env() | {"PYTHONPATH": str(source / "operator")}
+        # a client that loads a kubeconfig with inline certificates writes them to TMPDIR and
+        # removes them at exit, which an operator killed after its stop timeout never reaches
+        (work / "tmp").mkdir()
+        env = cp.env() | {"PYTHONPATH": str(source / "operator"), "TMPDIR": str(work / "tmp")}
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
             [
