@@ -37,6 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dev"))
 
+from alpaca_dev import stack  # noqa: E402
 from alpaca_dev.controlplane import ControlPlane, stop_process  # noqa: E402
 
 OURS = ("alpaca-operator/", "kopf/", "OpenAPI-Generator/")
@@ -59,23 +60,6 @@ class Figures:
     relevant_per_change: float = 0.0
     peak_rss_mib: float = 0.0
     cpu_s: float = 0.0
-
-
-def k8s_bins() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "k8s-bins.sh")], check=True, capture_output=True, text=True
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def crd_dir() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "thirdparty.sh"), "crds"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 class Audit:
@@ -147,7 +131,7 @@ def run_design(
     )
     with cp:
         cp.kubectl_run("apply", "--server-side", "-f", str(source / "crds"))
-        cp.kubectl_run("apply", "--server-side", "-f", str(crd_dir()), timeout=120)
+        cp.kubectl_run("apply", "--server-side", "-f", str(stack.thirdparty("crds")), timeout=120)
         cp.wait_established("alpacamodels.alpaca.dev", "rayservices.ray.io")
         nodes = [_node(f"gpu-{i}", POOLS[i % len(POOLS)]) for i in range(args.nodes)]
         nodes.append(_node("spare", "spare"))
@@ -241,7 +225,7 @@ def main() -> int:
     parser.add_argument("--only", choices=("new", "baseline"))
     args = parser.parse_args()
 
-    bins = k8s_bins()
+    bins = stack.script("k8s-bins.sh")
     scratch = REPO / ".venv" / "tmp" / "operator-scale"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

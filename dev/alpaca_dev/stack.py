@@ -26,15 +26,18 @@ CHART = REPO / "charts" / "alpaca-operator"
 RELEASE, OPERATOR_NAMESPACE = "alpaca-operator", "alpaca-system"
 
 
-def thirdparty(what: str) -> Path:
-    """A third-party piece from scripts/thirdparty.sh (built and cached on first use)."""
+def script(name: str, *args: str) -> Path:
+    """The path a scripts/ provider prints last (k8s-bins.sh, thirdparty.sh: built and cached
+    on first use)."""
     out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "thirdparty.sh"), what],
-        check=True,
-        capture_output=True,
-        text=True,
+        ["bash", str(REPO / "scripts" / name), *args], check=True, capture_output=True, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def thirdparty(what: str) -> Path:
+    """A third-party piece from scripts/thirdparty.sh (built and cached on first use)."""
+    return script("thirdparty.sh", what)
 
 
 @contextmanager

@@ -31,6 +31,9 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_at: datetime.datetime | None = None  # the next deadline: a pass is due then
+    node_selector: dict[str, str] | None = None
+    """Set when the object's state depends on existing nodes (a model on existing GPU nodes):
+    the selector a node must match for its changes to concern the object."""
 
 
 def transition_events(

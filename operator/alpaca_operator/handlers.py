@@ -26,7 +26,6 @@ from alpaca_operator import __version__, events
 from alpaca_operator import conditions as cond
 from alpaca_operator.accept import Event
 from alpaca_operator.api import API_VERSION, GROUP, VERSION, finetune, model
-from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import ApiError, Kube
 from alpaca_operator.metrics import Metrics
@@ -48,12 +47,10 @@ from alpaca_operator.reconcile.triggers import (
     node_key,
     node_wakes,
     nodepool_owner,
-    on_existing_nodes,
     outranked,
     spec_mark,
 )
 from alpaca_operator.render import names
-from alpaca_operator.render.capacity import placement
 from alpaca_operator.store import CachedKube, Store
 
 log = logging.getLogger(__name__)
@@ -220,8 +217,8 @@ def run_pass(rt: Runtime, key: Key) -> float | None:
     metrics.phases.set(kind, ns, name, outcome.status.get("phase"))
     if is_model:
         rt.selectors.pop(key, None)
-        if on_existing_nodes(body) and (selector := _node_selector(body)) is not None:
-            rt.selectors[key] = selector
+        if outcome.node_selector is not None:
+            rt.selectors[key] = outcome.node_selector
     if outcome.requeue_at is None:
         return None
     return max(0.0, (outcome.requeue_at - now).total_seconds())
@@ -248,17 +245,6 @@ def _summary(status: dict[str, Any]) -> str:
     waiting = next((c for c in status.get("conditions") or [] if c.get("status") != "True"), None)
     why = f"{waiting['type']} {waiting['reason']}" if waiting else "all conditions true"
     return f"status written, phase {status.get('phase')} ({why})"
-
-
-def _node_selector(body: dict[str, Any]) -> dict[str, str] | None:
-    try:
-        spec = AlpacaModelSpec.model_validate(body.get("spec") or {})
-    except ValueError:
-        return None
-    if spec.resources.gpus == 0:
-        return {"alpaca.dev/never": "matches"}  # needs no GPU node: node changes never matter
-    meta = body["metadata"]
-    return placement(spec.capacity, spec.resources, meta["namespace"], meta["name"]).node_selector
 
 
 def _request(rt: Runtime, keys: list[Key]) -> None:

@@ -45,6 +45,11 @@ def _crds(kube: Kube, spec: AlpacaModelSpec) -> set[str]:
     return {name for name in wanted if kube.crd_installed(name)}
 
 
+def _on_existing_gpu_nodes(spec: AlpacaModelSpec) -> bool:
+    """Whether capacity is read from the cluster's nodes (so node changes matter)."""
+    return spec.capacity.provisioner == "existing" and spec.resources.gpus > 0
+
+
 def _capacity(
     ctx: ModelContext, spec: AlpacaModelSpec, name: str, ns: str, children: observe.ModelChildren
 ) -> None:
@@ -52,7 +57,7 @@ def _capacity(
     if desired is not None and NODEPOOL_CRD in children.crds:
         live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
         children.nodepool = ctx.applier.ensure(desired, live)
-    elif spec.capacity.provisioner == "existing" and spec.resources.gpus > 0:
+    elif _on_existing_gpu_nodes(spec):
         children.nodes = ctx.kube.list("v1", "Node")
 
 
@@ -122,7 +127,7 @@ def reconcile_model(
     live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)
     keep |= claim_names(live)  # serving switches to new weights only once they are filled
     release_caches(ctx.kube, body, keep)
-    return model_status(
+    outcome = model_status(
         spec,
         generation,
         body.get("status") or {},
@@ -132,6 +137,9 @@ def reconcile_model(
         rayservice.endpoint_url(name, ns),
         now,
     )
+    if _on_existing_gpu_nodes(spec):
+        outcome.node_selector = place.node_selector
+    return outcome
 
 
 def model_status(

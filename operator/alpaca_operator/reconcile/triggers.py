@@ -34,12 +34,6 @@ def in_scope(patterns: Sequence[str], namespace: str) -> bool:
     return not patterns or any(fnmatch.fnmatch(namespace, p) for p in patterns)
 
 
-def on_existing_nodes(obj: dict[str, Any]) -> bool:
-    """An AlpacaModel whose capacity is existing nodes (the default), so node changes matter."""
-    capacity = (obj.get("spec") or {}).get("capacity") or {}
-    return bool(capacity.get("provisioner", "existing") == "existing")
-
-
 def node_key(body: dict[str, Any]) -> NodeKey:
     """What of a node matters to capacity: its labels, GPUs and whether it takes pods."""
     labels = body["metadata"].get("labels") or {}

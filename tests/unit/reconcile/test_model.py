@@ -312,3 +312,17 @@ def test_a_cache_another_model_uses_is_only_given_up():
     ]
     job = kube.stored("batch/v1", "Job", names.fill_job_name(shared), NS)
     assert owners(job) == [("AlpacaModel", "second", False)]
+
+
+def test_only_a_model_on_existing_gpu_nodes_names_the_nodes_that_concern_it():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    for file in ("alpaca.yaml", "alpaca-karpenter.yaml", "alpaca-local.yaml"):
+        create(kube, example(file))
+    _, existing = model_pass(ctx, "alpaca-7b")
+    assert existing.node_selector == {"nvidia.com/gpu.present": "true"} | {
+        "nvidia.com/gpu.product": "NVIDIA-A10G"
+    }
+    _, karpenter = model_pass(ctx, "alpaca-7b-spot")
+    _, cpu_only = model_pass(ctx, "smollm2")
+    assert karpenter.node_selector is None and cpu_only.node_selector is None

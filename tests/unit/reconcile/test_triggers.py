@@ -14,12 +14,11 @@ from .support import example
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
 
 
-def _obj(namespace: str, provisioner: str | None = None, deleting: bool = False) -> dict[str, Any]:
+def _obj(namespace: str, deleting: bool = False) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": "m", "namespace": namespace}
     if deleting:
         meta["deletionTimestamp"] = "2026-11-24T12:00:00Z"
-    spec = {"capacity": {"provisioner": provisioner}} if provisioner else {}
-    return {"metadata": meta, "spec": spec}
+    return {"metadata": meta, "spec": {}}
 
 
 def _node(gpus: str = "4", unschedulable: bool = False, **labels: str) -> dict[str, Any]:
@@ -40,12 +39,6 @@ def test_dead_objects_are_not_reconciled():
     assert triggers.alive(_obj("team-a"))
     assert not triggers.alive(_obj("team-b", deleting=True))
     assert not triggers.alive(None)
-
-
-def test_node_changes_matter_only_to_models_on_existing_nodes():
-    assert triggers.on_existing_nodes(_obj("ns"))  # the default provisioner
-    assert triggers.on_existing_nodes(_obj("ns", "existing"))
-    assert not triggers.on_existing_nodes(_obj("ns", "karpenter"))
 
 
 def test_only_node_changes_capacity_sees_count():
