@@ -186,12 +186,18 @@ def _stop_worker_node(node: WorkerNode) -> None:
     node.proc.wait(timeout=10)
 
 
-def _wait_for_nodes(count: int, timeout: float = 120) -> None:
+def _wait_for_nodes(count: int, log: Path, timeout: float = 120) -> None:
+    """Until `count` Ray nodes are alive; the worker's `ray start` output (`log`) is in the
+    failure, because the worker's own session logs go with its namespace."""
     import ray
 
     deadline = time.monotonic() + timeout
     while sum(1 for n in ray.nodes() if n["Alive"]) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} Ray nodes after {timeout:.0f}s"
+        if time.monotonic() >= deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no output)"
+            raise AssertionError(
+                f"fewer than {count} Ray nodes after {timeout:.0f}s; the worker said:\n{tail}"
+            )
         time.sleep(0.5)
 
 
@@ -222,7 +228,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     worker = None
     try:
         worker = _start_worker_node(ray.get_runtime_context().gcs_address, tmp, engine_metrics_port)
-        _wait_for_nodes(2)
+        _wait_for_nodes(2, Path(tmp) / "worker-node.log")
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         config = {
             "model_path": str(model_path),
