@@ -6,13 +6,17 @@ Pure: the handlers pass in what kopf gives them and apply what comes back.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from alpaca_operator import conditions as cond
-from alpaca_operator.validation import Valid, describe, validate_spec
+from alpaca_operator.validation import Invalid, Valid, describe, validate_spec
+
+Policy = Callable[[Any], list[Invalid]]
+"""The typed spec -> what of it the operator's policy does not allow (policy.py)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,26 @@ def transition_events(
     ]
 
 
+_NOT = {cond.INVALID_SPEC: "invalid", cond.FORBIDDEN_BY_POLICY: "not allowed"}
+
+
+def _verdict(
+    spec: dict[str, Any], spec_model: type[BaseModel], policy: Policy | None
+) -> tuple[str, str, str]:
+    """The Accepted condition's status, reason and message."""
+    result = validate_spec(spec, spec_model)
+    if not isinstance(result, Valid):
+        return "False", cond.INVALID_SPEC, f"Fix the spec: {describe(result)}"
+    refused = policy(result.spec) if policy is not None else []
+    if refused:
+        return (
+            "False",
+            cond.FORBIDDEN_BY_POLICY,
+            f"Not allowed by the operator's policy: {describe(refused)}",
+        )
+    return "True", cond.SPEC_VALID, "The spec is valid."
+
+
 def accept(
     spec: dict[str, Any],
     spec_model: type[BaseModel],
@@ -58,33 +82,22 @@ def accept(
     status: dict[str, Any],
     accepted_phase: str,
     pending_message: str | None = None,
+    policy: Policy | None = None,
 ) -> Outcome:
-    """Validate the spec; set Accepted (and, while stages are pending, Ready) and the phase."""
+    """Validate the spec and hold it to the operator's policy; set Accepted (and, while stages
+    are pending, Ready) and the phase."""
     before = status.get("conditions") or []
-    result = validate_spec(spec, spec_model)
-    if isinstance(result, Valid):
-        conditions = cond.set_condition(
-            before, cond.ACCEPTED, "True", cond.SPEC_VALID, "The spec is valid.", generation
-        )
-        phase = accepted_phase
-    else:
-        conditions = cond.set_condition(
-            before,
-            cond.ACCEPTED,
-            "False",
-            cond.INVALID_SPEC,
-            f"Fix the spec: {describe(result)}",
-            generation,
-        )
-        phase = "Failed"
+    accepted, reason, message = _verdict(spec, spec_model, policy)
+    conditions = cond.set_condition(before, cond.ACCEPTED, accepted, reason, message, generation)
+    phase = accepted_phase if accepted == "True" else "Failed"
     if pending_message is not None:
-        ready_status, reason, message = (
+        ready_status, ready_reason, ready_message = (
             ("False", cond.STAGES_PENDING, pending_message)
             if phase != "Failed"
-            else ("False", cond.INVALID_SPEC, "The spec is invalid; see the Accepted condition.")
+            else ("False", reason, f"The spec is {_NOT[reason]}; see the Accepted condition.")
         )
         conditions = cond.set_condition(
-            conditions, cond.READY, ready_status, reason, message, generation
+            conditions, cond.READY, ready_status, ready_reason, ready_message, generation
         )
     return Outcome(
         status={"phase": phase, "observedGeneration": generation, "conditions": conditions},

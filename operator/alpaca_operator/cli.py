@@ -7,10 +7,12 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from alpaca_operator.api.crd import all_documents
+from alpaca_operator.config import KUBERAY_NAMESPACE
 from alpaca_operator.rbac import clusterrole_template
 
 
@@ -33,6 +35,17 @@ def _crds(args: argparse.Namespace) -> int:
             )
             print(path)
     return 0
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The OperatorConfig fields the command line sets (the images come from the environment)."""
+    out: dict[str, Any] = {
+        "allowed_image_prefixes": tuple(args.allowed_image_prefix),
+        "allow_remote_code": args.allow_remote_code,
+    }
+    if args.ray_dashboard_namespace:
+        out["dashboard_namespaces"] = tuple(args.ray_dashboard_namespace)
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                 metrics_port=args.metrics_port,
                 peering=args.peering,
                 priority=args.priority,
+                settings=settings(args),
             ),
         )
     )
@@ -120,6 +134,31 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=8080,
         help="serve Prometheus metrics on this port (0: off)",
+    )
+    run.add_argument(
+        "--allowed-image-prefix",
+        metavar="PREFIX",
+        action="append",
+        default=[],
+        help="image overrides in specs (spec.images.*, a fine-tune's spec.image) may start with "
+        "PREFIX (repeatable; a registry, repository or image: ghcr.io/team/ allows that "
+        "namespace, not ghcr.io/team-b; '*' allows any image). The default images' repositories "
+        "are always allowed; other overrides are refused",
+    )
+    run.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let engine.extraArgs carry vLLM arguments that run code from outside the image "
+        "(trust_remote_code, worker_extension_cls, ...); refused by default",
+    )
+    run.add_argument(
+        "--ray-dashboard-namespace",
+        metavar="NS",
+        action="append",
+        default=[],
+        help="pods of NS may reach every Ray head's dashboard and Jobs API (port 8265) through "
+        f"the models' NetworkPolicies (repeatable; KubeRay's namespace and the operator's; "
+        f"default {KUBERAY_NAMESPACE})",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

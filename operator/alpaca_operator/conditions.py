@@ -34,6 +34,9 @@ FINETUNE_CONDITIONS = (ACCEPTED, WEIGHTS, TRAINING, SUCCEEDED, SERVED)
 
 SPEC_VALID = "SpecValid"
 INVALID_SPEC = "InvalidSpec"  # also Ready's while the spec is invalid
+# valid, but the operator's policy (allowedImagePrefixes, allowRemoteCode) does not allow it;
+# also Ready's meanwhile
+FORBIDDEN_BY_POLICY = "ForbiddenByPolicy"
 
 # --- CapacityReady ----------------------------------------------------------------------
 
@@ -80,7 +83,7 @@ SERVING_TIMEOUT = "ServingTimeout"  # still not ready after the stage's deadline
 
 STAGES_PENDING = "StagesPending"  # accepted; the stages are not observed yet
 ALL_STAGES_READY = "Ready"
-# Otherwise Ready carries the reason of the first stage that is not ready (or INVALID_SPEC).
+# Otherwise Ready carries the reason of the first stage that is not ready (or Accepted's).
 
 # --- Training ---------------------------------------------------------------------------
 
@@ -157,11 +160,11 @@ _SERVING_REASONS = frozenset(
 )
 
 REASONS_OF: dict[str, frozenset[str]] = {
-    ACCEPTED: frozenset({SPEC_VALID, INVALID_SPEC}),
+    ACCEPTED: frozenset({SPEC_VALID, INVALID_SPEC, FORBIDDEN_BY_POLICY}),
     CAPACITY: _CAPACITY_REASONS,
     WEIGHTS: _WEIGHTS_REASONS,
     SERVING: _SERVING_REASONS,
-    READY: frozenset({STAGES_PENDING, ALL_STAGES_READY, INVALID_SPEC})
+    READY: frozenset({STAGES_PENDING, ALL_STAGES_READY, INVALID_SPEC, FORBIDDEN_BY_POLICY})
     | _CAPACITY_REASONS
     | _WEIGHTS_REASONS
     | _SERVING_REASONS,
@@ -190,6 +193,7 @@ FAILURE_REASONS = (
     frozenset(
         {
             INVALID_SPEC,
+            FORBIDDEN_BY_POLICY,
             NODEPOOL_CRD_MISSING,
             KUBERAY_MISSING,
             INSUFFICIENT_GPU,

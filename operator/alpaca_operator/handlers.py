@@ -14,6 +14,7 @@ when its generation moved, when it is new to us, and when its deletion began.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ CHILDREN: dict[tuple[str, str, str], tuple[str, str]] = {
         "rbac.authorization.k8s.io/v1",
         "RoleBinding",
     ),
+    ("networking.k8s.io", "v1", "networkpolicies"): ("networking.k8s.io/v1", "NetworkPolicy"),
     ("ray.io", "v1", "rayservices"): ("ray.io/v1", "RayService"),
     ("ray.io", "v1", "rayclusters"): ("ray.io/v1", "RayCluster"),
     ("karpenter.sh", "v1", "nodepools"): ("karpenter.sh/v1", "NodePool"),
@@ -144,7 +146,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         ),
         store,
     )
-    applier, config = Applier(kube), OperatorConfig.from_env()
+    # images from the environment, the policy from the command line (cli.py)
+    config = dataclasses.replace(OperatorConfig.from_env(), **(memo.get("settings") or {}))
+    applier = Applier(kube)
+    log.info(
+        "policy: image overrides from %s; remote code %s; Ray dashboards open to namespaces %s",
+        ", ".join(config.image_prefixes),
+        "allowed" if config.allow_remote_code else "refused",
+        ", ".join(config.dashboard_namespaces) or "none",
+    )
     rt = Runtime(
         metrics=metrics,
         store=store,

@@ -48,6 +48,7 @@ KINDS = {
         Kind("batch/v1", "Job", "jobs"),
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+        Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
         Kind("ray.io/v1", "RayService", "rayservices"),
         Kind("ray.io/v1", "RayCluster", "rayclusters"),
         Kind("karpenter.sh/v1", "NodePool", "nodepools", namespaced=False),

@@ -64,6 +64,12 @@ RULES: list[dict[str, Any]] = [
         "resources": ["roles", "rolebindings"],
         "verbs": [*WATCH, *APPLY],
     },
+    # Who may reach each model's Ray pods (the dashboard and Jobs API run any command).
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": [*WATCH, *APPLY],
+    },
     # Serving: RayServices; the running RayCluster is rescaled or recreated on changes.
     {"apiGroups": ["ray.io"], "resources": ["rayservices"], "verbs": [*WATCH, *APPLY]},
     {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": [*WATCH, "patch", "delete"]},

@@ -103,6 +103,25 @@ def test_chart_lints_and_renders_least_privilege():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "--namespace=team-*" in container["args"]
+    # the Ray dashboards' NetworkPolicies let in KubeRay's namespace and the operator's; no image
+    # prefix beyond the default images' repositories, no remote code, unless set
+    assert [a for a in container["args"] if a.startswith("--ray-dashboard-namespace")] == [
+        "--ray-dashboard-namespace=kuberay-system",
+        f"--ray-dashboard-namespace={NS}",
+    ]
+    assert not [a for a in container["args"] if a.startswith(("--allowed-image", "--allow-remote"))]
+    policy = subprocess.run(
+        [
+            *(helm, "template", RELEASE, str(CHART), "-n", NS),
+            *("--set", "allowedImagePrefixes={ghcr.io/team/}", "--set", "allowRemoteCode=true"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    deployment = next(d for d in yaml.safe_load_all(policy) if d and d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--allowed-image-prefix=ghcr.io/team/" in args and "--allow-remote-code" in args
     bad = subprocess.run(
         [helm, "template", RELEASE, str(CHART), "--set", "replicaCont=2"],
         capture_output=True,

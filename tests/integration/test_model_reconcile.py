@@ -215,6 +215,64 @@ def test_model_goes_through_every_stage(control_plane, ctx, namespace):
     assert ctx.kube.writes == before
 
 
+def test_ray_pods_network_policy_is_rendered_and_kept(control_plane, ctx, namespace):
+    """Before any Ray pod exists the model's NetworkPolicy does: Ray pods reach each other,
+    anyone the Serve port (and metrics), KubeRay's namespace the dashboard; a hand edit that
+    opens the dashboard to every pod is put back by the next pass."""
+    cp = control_plane
+    _create(cp, namespace, _example("alpaca-local.yaml"))
+    _pass(ctx, cp, namespace, "smollm2")
+    policy = _get(cp, namespace, "networkpolicy", "smollm2-ray")
+    assert policy is not None and _get(cp, namespace, "rayservice", "smollm2") is None
+    owner = policy["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["name"], r["controller"]) for r in owner] == [
+        ("AlpacaModel", "smollm2", True)
+    ]
+    assert policy["metadata"]["labels"]["alpaca.dev/model"] == "smollm2"
+    spec = policy["spec"]
+    ray_pods = {"matchLabels": {"alpaca.dev/model": "smollm2", "ray.io/is-ray-node": "yes"}}
+    assert spec["podSelector"] == ray_pods
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [
+        {"from": [{"podSelector": ray_pods}]},
+        {"ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8080}]},
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "In",
+                                "values": ["kuberay-system"],
+                            }
+                        ]
+                    }
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8265}],
+        },
+    ]
+
+    opened = [{"op": "replace", "path": "/spec/ingress", "value": [{}]}]
+    cp.kubectl_run(
+        "patch",
+        "-n",
+        namespace,
+        "networkpolicy",
+        "smollm2-ray",
+        "--type=json",
+        "-p",
+        json.dumps(opened),
+    )
+    assert _get(cp, namespace, "networkpolicy", "smollm2-ray")["spec"]["ingress"] == [{}]
+    _pass(ctx, cp, namespace, "smollm2")
+    assert _get(cp, namespace, "networkpolicy", "smollm2-ray")["spec"] == spec
+    before = ctx.kube.writes
+    _pass(ctx, cp, namespace, "smollm2")
+    assert ctx.kube.writes == before
+
+
 def test_same_weights_share_one_cache_and_one_job(control_plane, ctx, namespace):
     cp = control_plane
     doc = _example("alpaca-local.yaml")

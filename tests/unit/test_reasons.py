@@ -83,6 +83,7 @@ def test_reason_values_do_not_change():
             "ApiRefused",
             "SpecValid",
             "InvalidSpec",
+            "ForbiddenByPolicy",
             "NodePoolCRDMissing",
             "NodePoolCreating",
             "WaitingForNodePool",

@@ -17,6 +17,7 @@ from alpaca_operator.conditions import (
     WEIGHTS,
     Verdict,
 )
+from alpaca_operator.config import KUBERAY_NAMESPACE
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
 from alpaca_operator.render.weights import FILL_RETRIES, FILLED_ANNOTATION
@@ -24,7 +25,8 @@ from alpaca_weights import contract
 
 KUBERAY_INSTALL = (
     "install the KubeRay operator (for example: helm install kuberay-operator "
-    "kuberay/kuberay-operator --version 1.5.0), then this model deploys by itself"
+    f"kuberay/kuberay-operator --version 1.5.0 -n {KUBERAY_NAMESPACE} --create-namespace), "
+    "then this model deploys by itself"
 )
 KARPENTER_INSTALL = (
     "install Karpenter (https://karpenter.sh/docs/getting-started/) or set "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alpaca_operator import conditions as cond
+from alpaca_operator import policy
 from alpaca_operator.accept import Outcome, accept, transition_events
 from alpaca_operator.api.finetune import AlpacaFineTuneSpec
 from alpaca_operator.config import OperatorConfig
@@ -19,6 +20,7 @@ from alpaca_operator.reconcile.cache import ensure_cache, termination_message
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import finetune as render
 from alpaca_operator.render import names
+from alpaca_operator.validation import Invalid
 
 
 @dataclass
@@ -177,10 +179,17 @@ def finetune_status(
 
 
 def run_finetune(ctx: FineTuneContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:
-    """Validate, then reconcile; an invalid spec stops before any child is touched."""
+    """Validate and hold to the policy, then reconcile; a spec not accepted stops before any
+    child is touched (nothing is deleted either)."""
     generation = body["metadata"].get("generation")
     raw = dict(body.get("spec") or {})
-    accepted = accept(raw, AlpacaFineTuneSpec, generation, body.get("status") or {}, "Pending")
+    status = body.get("status") or {}
+    trained = status.get("phase") == "Succeeded"
+
+    def allowed(spec: AlpacaFineTuneSpec) -> list[Invalid]:
+        return policy.finetune_problems(spec, ctx.config, trained)
+
+    accepted = accept(raw, AlpacaFineTuneSpec, generation, status, "Pending", policy=allowed)
     if accepted.status["phase"] == "Failed":
         return accepted
     spec = AlpacaFineTuneSpec.model_validate(raw)

@@ -1,7 +1,7 @@
 """One pass over an AlpacaModel: capacity, weights cache, serving; then its status.
 
 Called from the handlers on create/update/resume, on every child's change, and by a timer.
-Writes only what differs (see apply.Applier); reads children fresh from the apiserver.
+Writes only what differs (see apply.Applier); reads children from the watch-fed store.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alpaca_operator import conditions as cond
+from alpaca_operator import policy
 from alpaca_operator.accept import Event, Outcome, accept, transition_events
 from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
@@ -21,7 +22,8 @@ from alpaca_operator.reconcile.apply import Applier, owner_reference
 from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_caches
 from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
-from alpaca_operator.render import names, rayservice
+from alpaca_operator.render import names, networkpolicy, rayservice
+from alpaca_operator.validation import Invalid
 
 RAYSERVICE_CRD = "rayservices.ray.io"
 NODEPOOL_CRD = "nodepools.karpenter.sh"
@@ -73,6 +75,15 @@ def _weights(
         )
 
 
+def _network_policy(ctx: ModelContext, body: dict[str, Any]) -> None:
+    """Who may reach the Ray pods: in place before the RayService starts any."""
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    desired = networkpolicy.ray_network_policy(name, ns, ctx.config.dashboard_namespaces)
+    desired["metadata"]["ownerReferences"] = [owner_reference(body)]
+    live = ctx.kube.get("networking.k8s.io/v1", "NetworkPolicy", desired["metadata"]["name"], ns)
+    ctx.applier.ensure(desired, live)
+
+
 def _serving(
     ctx: ModelContext,
     spec: AlpacaModelSpec,
@@ -121,6 +132,7 @@ def reconcile_model(
     children = observe.ModelChildren(crds=_crds(ctx.kube, spec))
     _capacity(ctx, spec, name, ns, children)
     _weights(ctx, spec, body, children)
+    _network_policy(ctx, body)
     _serving(ctx, spec, body, children, place)
     keep = {names.cache_name(spec.weights)}
     keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
@@ -194,18 +206,19 @@ def model_status(
 
 
 def run_model(ctx: ModelContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:
-    """Validate, then reconcile; an invalid spec stops before any child is touched."""
+    """Validate and hold to the policy, then reconcile; a spec not accepted stops before any
+    child is touched (nothing is deleted either)."""
     generation = body["metadata"].get("generation")
     status = body.get("status") or {}
-    accepted = accept(dict(body.get("spec") or {}), AlpacaModelSpec, generation, status, "Pending")
+    raw = dict(body.get("spec") or {})
+
+    def allowed(spec: AlpacaModelSpec) -> list[Invalid]:
+        return policy.model_problems(spec, ctx.config)
+
+    accepted = accept(raw, AlpacaModelSpec, generation, status, "Pending", policy=allowed)
     if accepted.status["phase"] == "Failed":
         return accept(
-            dict(body.get("spec") or {}),
-            AlpacaModelSpec,
-            generation,
-            status,
-            "Pending",
-            pending_message="",
+            raw, AlpacaModelSpec, generation, status, "Pending", pending_message="", policy=allowed
         )
     spec = AlpacaModelSpec.model_validate(body["spec"])
     # its Events cover every condition, Accepted included (accept's too would post it twice)

@@ -11,6 +11,7 @@ LABEL_FINETUNE = "alpaca.dev/finetune"
 LABEL_CACHE = "alpaca.dev/weights-cache"
 LABEL_NODEPOOL = "alpaca.dev/nodepool"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_RAY_NODE = "ray.io/is-ray-node"  # KubeRay's, "yes" on every pod of a RayCluster
 
 
 def weights_identity(weights: Weights) -> dict[str, object]:
@@ -52,6 +53,17 @@ def rayservice_name(name: str) -> str:
 
 def endpoint_service_name(name: str) -> str:
     return f"{name}-openai"
+
+
+def network_policy_name(name: str) -> str:
+    """The NetworkPolicy guarding the model's Ray pods."""
+    return f"{name}-ray"
+
+
+def ray_pod_labels(name: str) -> dict[str, str]:
+    """What every Ray pod of a model carries, whatever KubeRay names its RayCluster (a new name
+    after each recreation): our label from the pod templates and KubeRay's own."""
+    return {LABEL_MODEL: name, LABEL_RAY_NODE: "yes"}
 
 
 def _labels(

@@ -12,7 +12,9 @@ from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE, Placement
 from alpaca_operator.render.security import container_security, pod_security
 
-SERVE_PORT = 8000
+SERVE_PORT = 8000  # Ray Serve's HTTP proxy: the OpenAI API
+DASHBOARD_PORT = 8265  # Ray's dashboard and Jobs API (KubeRay submits the Serve config here)
+METRICS_PORT = 8080  # Ray's Prometheus metrics (vLLM's among them)
 MODELS_MOUNT = "/models"
 # None: KubeRay never starts a second RayCluster beside the first (NewCluster would need twice
 # the GPUs during every change). Serve config changes (engine, adapters, autoscaling) are applied
@@ -102,10 +104,10 @@ def rayservice(
     head = _container("ray-head", image, head_resources, head_mounts)
     head["ports"] = [
         {"name": "gcs", "containerPort": 6379},
-        {"name": "dashboard", "containerPort": 8265},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
         {"name": "client", "containerPort": 10001},
         {"name": "serve", "containerPort": SERVE_PORT},
-        {"name": "metrics", "containerPort": 8080},
+        {"name": "metrics", "containerPort": METRICS_PORT},
     ]
     worker_pod: dict[str, Any] = {
         "securityContext": pod_security(fs_group=False),

@@ -194,6 +194,31 @@ def test_an_invalid_spec_touches_no_child():
     assert [(e.type, e.reason) for e in outcome.events] == [("Warning", cond.INVALID_SPEC)]
 
 
+def test_a_training_image_the_policy_does_not_allow_touches_no_child():
+    doc = example("finetune.yaml")
+    doc["spec"]["image"] = "evil.example/train:1"
+    kube = FakeKube()
+    create(kube, doc)
+    ft, outcome = finetune_pass(finetune_context(kube), doc["metadata"]["name"])
+    assert ft["status"]["phase"] == "Failed"
+    assert reasons(ft) == {cond.ACCEPTED: cond.FORBIDDEN_BY_POLICY}
+    assert "spec.image: image 'evil.example/train:1'" in ft["status"]["conditions"][0]["message"]
+    assert [w.kind for w in kube.writes_log] == ["AlpacaFineTune"]
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", cond.FORBIDDEN_BY_POLICY)]
+
+
+def test_a_succeeded_run_s_image_is_not_judged_again():
+    """A tighter policy after the run (an operator upgrade) does not turn it Failed."""
+    doc = example("finetune.yaml")
+    doc["spec"]["image"] = "evil.example/train:1"
+    kube = FakeKube()
+    body = create(kube, doc)
+    body["status"] = {"phase": "Succeeded", "observedGeneration": 1}
+    kube.put(body)
+    ft, _ = finetune_pass(finetune_context(kube), doc["metadata"]["name"])
+    assert reasons(ft)[cond.ACCEPTED] == cond.SPEC_VALID
+
+
 def test_each_condition_transition_is_one_event():
     doc = example("finetune.yaml")
     kube = FakeKube()

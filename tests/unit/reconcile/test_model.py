@@ -7,6 +7,7 @@ move as the other controllers (Job controller, KubeRay, Karpenter) report.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 from typing import Any
 
@@ -140,6 +141,38 @@ def test_an_invalid_spec_touches_no_child():
     assert reasons(obj) == {cond.ACCEPTED: cond.INVALID_SPEC, cond.READY: cond.INVALID_SPEC}
     assert [w.kind for w in kube.writes_log] == ["AlpacaModel"]  # the status, nothing else
     assert ("Warning", cond.INVALID_SPEC) in [(e.type, e.reason) for e in outcome.events]
+
+
+def test_an_image_the_policy_does_not_allow_touches_no_child():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    doc["spec"]["images"] = {"serving": "evil.example/ray:1"}
+    create(kube, doc)
+    obj, outcome = model_pass(ctx, "smollm2")
+    assert obj["status"]["phase"] == "Failed"
+    assert reasons(obj) == {
+        cond.ACCEPTED: cond.FORBIDDEN_BY_POLICY,
+        cond.READY: cond.FORBIDDEN_BY_POLICY,
+    }
+    assert "spec.images.serving" in _message(obj, cond.ACCEPTED)
+    assert [w.kind for w in kube.writes_log] == ["AlpacaModel"]  # the status, nothing else
+    assert ("Warning", cond.FORBIDDEN_BY_POLICY) in [(e.type, e.reason) for e in outcome.events]
+    # the administrator allows the registry: the next pass goes on
+    ctx.config = dataclasses.replace(ctx.config, allowed_image_prefixes=("evil.example/",))
+    obj, _ = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.ACCEPTED] == cond.SPEC_VALID
+
+
+def test_the_ray_pods_network_policy_comes_first_and_is_owned():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    create(kube, example("alpaca-local.yaml"))
+    model_pass(ctx, "smollm2")
+    assert kube.names("RayService") == []  # the weights are not filled yet
+    policy = kube.stored("networking.k8s.io/v1", "NetworkPolicy", "smollm2-ray", NS)
+    assert owners(policy) == [("AlpacaModel", "smollm2", True)]
+    assert policy["spec"]["podSelector"]["matchLabels"] == names.ray_pod_labels("smollm2")
 
 
 def test_without_kuberay_the_weights_fill_and_serving_names_the_fix():

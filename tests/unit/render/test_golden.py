@@ -15,7 +15,7 @@ import yaml
 from alpaca_operator.api import AlpacaFineTuneSpec, AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.reconcile.serving import application_for
-from alpaca_operator.render import capacity, finetune, names, rayservice, weights
+from alpaca_operator.render import capacity, finetune, names, networkpolicy, rayservice, weights
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden"
@@ -66,6 +66,7 @@ def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[s
             place,
         ),
         rayservice.endpoint_service(name, namespace),
+        networkpolicy.ray_network_policy(name, namespace, CONFIG.dashboard_namespaces),
     ]
     return [o for o in out if o is not None]
 
