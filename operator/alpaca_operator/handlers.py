@@ -271,12 +271,12 @@ async def _become_ready(rt: Runtime) -> None:
     rt.passes.start()
     for pool in rt.store.list("karpenter.sh/v1", "NodePool"):
         owner = nodepool_owner(pool["metadata"].get("labels") or {})
-        if owner and rt.store.get(API_VERSION, model.KIND, owner[1], owner[0]) is None:
+        if owner and rt.store.get(API_VERSION, owner[0], owner[2], owner[1]) is None:
             await _delete_nodepool(rt, pool["metadata"]["name"], owner)
 
 
-async def _delete_nodepool(rt: Runtime, name: str, owner: tuple[str, str]) -> None:
-    log.info("deleting NodePool %s: AlpacaModel %s/%s is gone", name, *owner)
+async def _delete_nodepool(rt: Runtime, name: str, owner: Key) -> None:
+    log.info("deleting NodePool %s: %s %s/%s is gone", name, *owner)
     try:
         await asyncio.to_thread(rt.kube.delete, "karpenter.sh/v1", "NodePool", name)
     except Exception:
@@ -394,11 +394,10 @@ async def custom_resource_event(
     rt.refusals.pop(key, None)
     rt.metrics.phases.set(body["kind"], meta["namespace"], meta["name"], None)
     log.info("deleted %s %s/%s; children go by owner references", *key)
-    if body["kind"] == model.KIND:
-        for pool in rt.store.list("karpenter.sh/v1", "NodePool"):
-            owner = nodepool_owner(pool["metadata"].get("labels") or {})
-            if owner == (meta["namespace"], meta["name"]):
-                await _delete_nodepool(rt, pool["metadata"]["name"], owner)
+    for pool in rt.store.list("karpenter.sh/v1", "NodePool"):
+        owner = nodepool_owner(pool["metadata"].get("labels") or {})
+        if owner == key:
+            await _delete_nodepool(rt, pool["metadata"]["name"], owner)
 
 
 @kopf.on.event("v1", "nodes")

@@ -10,13 +10,14 @@ from typing import Any
 from alpaca_operator import conditions as cond
 from alpaca_operator import policy
 from alpaca_operator.accept import Outcome, accept, transition_events
-from alpaca_operator.api.finetune import AlpacaFineTuneSpec
+from alpaca_operator.api.finetune import KIND, AlpacaFineTuneSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe import finetune as observe
 from alpaca_operator.observe.model import condition_of
 from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
 from alpaca_operator.reconcile.cache import ensure_cache, termination_message
+from alpaca_operator.reconcile.model import NODEPOOL_CRD
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import finetune as render
 from alpaca_operator.render import names
@@ -107,6 +108,16 @@ def _settle_job(
     return ctx.kube.json_patch("batch/v1", "Job", meta["name"], meta["namespace"], ops)
 
 
+def _nodepool(ctx: FineTuneContext, spec: AlpacaFineTuneSpec, ns: str, name: str) -> None:
+    """The NodePool its pods select on provisioner karpenter (deleted with the fine-tune, by
+    the handlers: cluster-scoped, it has no owner reference)."""
+    desired = render_capacity.nodepool(spec.capacity, spec.resources, ns, name, KIND)
+    if desired is None or not ctx.kube.crd_installed(NODEPOOL_CRD):
+        return
+    live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
+    ctx.applier.ensure(desired, live)
+
+
 def reconcile_finetune(
     ctx: FineTuneContext,
     body: dict[str, Any],
@@ -129,8 +140,9 @@ def reconcile_finetune(
     if children.cache.filled and job is None and _succeeded(body):
         # the run is over and its Job went (its TTL, a hand): never train again
         return Outcome(status=dict(body.get("status") or {}))
+    _nodepool(ctx, spec, ns, name)
     if children.cache.filled:
-        place = render_capacity.placement(spec.capacity, spec.resources, ns, name)
+        place = render_capacity.placement(spec.capacity, spec.resources, ns, name, KIND)
         desired = render.training_job(
             spec,
             name,

@@ -15,8 +15,10 @@ from alpaca_operator.api import finetune, model
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
 
-# The labels render/capacity.py puts on a NodePool to name its AlpacaModel (cluster-scoped, it
-# cannot carry an owner reference to a namespaced object).
+# The labels render/capacity.py puts on a NodePool to name its AlpacaModel or AlpacaFineTune
+# (cluster-scoped, it cannot carry an owner reference to a namespaced object). NodePools from
+# before the kind label were all models'.
+OWNER_KIND_LABEL = "alpaca.dev/owner-kind"
 OWNER_NAMESPACE_LABEL = "alpaca.dev/owner-namespace"
 OWNER_NAME_LABEL = "alpaca.dev/owner-name"
 
@@ -63,7 +65,7 @@ def child_wakes(body: dict[str, Any], cache_pvc: dict[str, Any] | None) -> list[
         for kind, name in cache_users(body) + cache_users(cache_pvc):
             keys.append((kind, ns, name))
     if owner := nodepool_owner(labels):
-        keys.append((model.KIND, owner[0], owner[1]))
+        keys.append(owner)
     return list(dict.fromkeys(keys))
 
 
@@ -95,10 +97,14 @@ def cache_users(pvc: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
-def nodepool_owner(labels: dict[str, str]) -> tuple[str, str] | None:
-    """(namespace, name) of the AlpacaModel a NodePool's labels name, if they name one."""
+def nodepool_owner(labels: dict[str, str]) -> Key | None:
+    """(kind, namespace, name) of the AlpacaModel or AlpacaFineTune a NodePool's labels name,
+    if they name one."""
     namespace, name = labels.get(OWNER_NAMESPACE_LABEL), labels.get(OWNER_NAME_LABEL)
-    return (namespace, name) if namespace and name else None
+    kind = labels.get(OWNER_KIND_LABEL, model.KIND)
+    if not namespace or not name or kind not in (model.KIND, finetune.KIND):
+        return None
+    return kind, namespace, name
 
 
 def outranked(peering: dict[str, Any] | None, priority: int, now: datetime.datetime) -> bool:

@@ -63,13 +63,18 @@ def _requirements(karpenter: Karpenter, resources: Resources) -> list[dict[str, 
 
 
 def nodepool(
-    capacity: Capacity, resources: Resources, namespace: str, name: str
+    capacity: Capacity,
+    resources: Resources,
+    namespace: str,
+    name: str,
+    owner_kind: str = "AlpacaModel",
 ) -> dict[str, Any] | None:
-    """The NodePool for provisioner karpenter; None for existing nodes."""
+    """The NodePool for provisioner karpenter (an AlpacaModel's or an AlpacaFineTune's); None
+    for existing nodes."""
     if capacity.provisioner != "karpenter" or capacity.karpenter is None:
         return None
     karpenter = capacity.karpenter
-    pool = names.nodepool_name(namespace, name)
+    pool = names.nodepool_name(namespace, name, owner_kind)
     spec: dict[str, Any] = {
         "template": {
             "metadata": {"labels": {names.LABEL_NODEPOOL: pool}},
@@ -96,6 +101,7 @@ def nodepool(
             "labels": {
                 "app.kubernetes.io/part-of": names.PART_OF,
                 "app.kubernetes.io/managed-by": names.PART_OF,
+                "alpaca.dev/owner-kind": owner_kind,
                 "alpaca.dev/owner-namespace": namespace,
                 "alpaca.dev/owner-name": name,
             },
@@ -104,14 +110,20 @@ def nodepool(
     }
 
 
-def placement(capacity: Capacity, resources: Resources, namespace: str, name: str) -> Placement:
+def placement(
+    capacity: Capacity,
+    resources: Resources,
+    namespace: str,
+    name: str,
+    owner_kind: str = "AlpacaModel",
+) -> Placement:
     """Node selector and tolerations for the pods that use the capacity."""
     selector = dict(capacity.node_selector)
     tolerations = [t.to_wire() for t in capacity.tolerations]
     if resources.gpus > 0:
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if capacity.provisioner == "karpenter":
-        selector[names.LABEL_NODEPOOL] = names.nodepool_name(namespace, name)
+        selector[names.LABEL_NODEPOOL] = names.nodepool_name(namespace, name, owner_kind)
     elif resources.gpu_type:
         selector[GPU_PRODUCT_LABEL] = resources.gpu_type
     return Placement(node_selector=selector, tolerations=tolerations)

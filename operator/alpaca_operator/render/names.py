@@ -39,8 +39,12 @@ fill_job_name = contract.fill_job_name
 fill_account_name = contract.fill_account_name
 
 
-def nodepool_name(namespace: str, name: str) -> str:
-    """A cluster-scoped NodePool for a namespaced owner: namespace and name, hashed when long."""
+def nodepool_name(namespace: str, name: str, owner_kind: str = "AlpacaModel") -> str:
+    """A cluster-scoped NodePool for a namespaced owner: namespace and name, hashed when long.
+    A fine-tune's always carries the hash (and `ft`), so it never takes a model's name."""
+    if owner_kind != "AlpacaModel":
+        full = f"alpaca-ft-{namespace}-{name}"
+        return f"{full[:52].rstrip('-')}-{contract.digest(owner_kind, namespace, name)}"
     full = f"alpaca-{namespace}-{name}"
     if len(full) <= 63:
         return full

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytest
-
 from alpaca_operator import conditions as cond
 from alpaca_operator.api import AlpacaFineTuneSpec
 from alpaca_operator.render import names
@@ -236,13 +234,6 @@ def test_each_condition_transition_is_one_event():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="reconcile_finetune renders no NodePool: a karpenter fine-tune's pods select a "
-    "NodePool label that no NodePool gives a node (the sweeper would also delete one whose "
-    "owner is not an AlpacaModel)",
-)
 def test_a_karpenter_finetune_gets_the_nodepool_its_pods_select():
     kube = FakeKube(ALL_CRDS)
     create(kube, LORA)

@@ -115,12 +115,26 @@ def test_a_caches_users_are_its_models_and_finetunes():
     assert triggers.cache_users(None) == []
 
 
-def test_a_rendered_nodepool_names_its_model():
+def test_a_rendered_nodepool_names_its_owner():
     spec = AlpacaModelSpec.model_validate(example("alpaca-karpenter.yaml")["spec"])
     pool = capacity.nodepool(spec.capacity, spec.resources, "team", "alpaca-7b-spot")
     assert pool is not None
-    assert triggers.nodepool_owner(pool["metadata"]["labels"]) == ("team", "alpaca-7b-spot")
+    owner = ("AlpacaModel", "team", "alpaca-7b-spot")
+    assert triggers.nodepool_owner(pool["metadata"]["labels"]) == owner
+    assert triggers.child_wakes(pool, None) == [owner]
+    tune = capacity.nodepool(spec.capacity, spec.resources, "team", "t", "AlpacaFineTune")
+    assert tune is not None
+    assert triggers.nodepool_owner(tune["metadata"]["labels"]) == ("AlpacaFineTune", "team", "t")
+    # a model's and a fine-tune's of the same name are two NodePools
+    assert (
+        tune["metadata"]["name"]
+        != capacity.nodepool(spec.capacity, spec.resources, "team", "t")["metadata"]["name"]
+    )
+    # NodePools from before the kind label were all models'
+    legacy = {"alpaca.dev/owner-namespace": "team", "alpaca.dev/owner-name": "m"}
+    assert triggers.nodepool_owner(legacy) == ("AlpacaModel", "team", "m")
     assert triggers.nodepool_owner({"alpaca.dev/owner-name": "x"}) is None
+    assert triggers.nodepool_owner({**legacy, "alpaca.dev/owner-kind": "Pod"}) is None
 
 
 def _peering(priority: int, lastseen: str, lifetime: int = 60) -> dict[str, Any]:
