@@ -48,10 +48,13 @@ serving-deps: venv ## Ray Serve + vLLM (the CPU build here; requirement list gen
 images: venv serving-deps node-bins ## operator, weights, training, serving-cpu, pause images built here (buildah, Debian base, root); cached by their inputs
 	$(PY) -m alpaca_dev.images build $(IMAGES) $(if $(PAUSE_BINARY),--pause-binary $(PAUSE_BINARY))
 
-thirdparty: ## the KubeRay operator and helm built from their Go modules, KubeRay's and Karpenter's CRDs (cached)
+thirdparty: ## KubeRay, helm, KWOK, Karpenter (KWOK provider) and Kueue built from their Go modules, KubeRay's and Karpenter's CRDs (cached)
 	@scripts/thirdparty.sh crds >/dev/null
 	@scripts/thirdparty.sh kuberay >/dev/null
 	@scripts/thirdparty.sh helm >/dev/null
+	@scripts/thirdparty.sh kwok >/dev/null
+	@scripts/thirdparty.sh karpenter-kwok >/dev/null
+	@scripts/thirdparty.sh kueue >/dev/null
 
 test: venv k8s-bins node-bins serving-deps images thirdparty lint ## everything: unit, real apiserver, operator e2e, real serving, real node (what CI runs)
 	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup --durations=25
