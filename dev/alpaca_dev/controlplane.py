@@ -131,7 +131,16 @@ class ControlPlane:
             self.stop()
             raise
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Run a process that belongs to this control plane (a controller, KWOK): its output in
+        `<workdir>/<name>.log`, stopped by stop() (before etcd)."""
+        return self._spawn(name, args, env)
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         assert self.workdir is not None
         log = (self.workdir / f"{name}.log").open("ab")  # a restart adds to it
         proc = subprocess.Popen(
@@ -140,6 +149,7 @@ class ControlPlane:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
         log.close()
         self.processes[name] = proc
@@ -339,6 +349,11 @@ class ControlPlane:
                 f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
             )
         return result
+
+    def apply(self, obj: dict[str, Any], namespace: str | None = None) -> None:
+        """kubectl apply one object (client-side, as a user would)."""
+        where = ["-n", namespace] if namespace else []
+        self.kubectl_run("apply", *where, "-f", "-", input=json.dumps(obj))
 
     def get_json(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """An object as kubectl prints it, or None when it does not exist."""
