@@ -1,19 +1,24 @@
 """The control loop at scale: this design against a baseline commit, side by side, on the real
 apiserver (issue 12).
 
-For each design, in turn, on a fresh control plane (etcd + kube-apiserver with an audit log):
-M GPU Node objects in 4 pools, N AlpacaModels in K namespaces (existing capacity, a node
-selector per pool, models of a namespace sharing their weights), bulk-applied at once; then
+For each design, in turn, on a fresh simulated cluster: etcd + kube-apiserver (with an audit
+log), kube-scheduler, kube-controller-manager, the real KubeRay operator and KWOK playing the
+kubelets of M GPU nodes (8 GPUs each, 4 pools) and a few CPU nodes (fill Jobs, Ray heads).
+N AlpacaModels in K namespaces (existing capacity, a node selector per pool, models of a
+namespace sharing their weights) are bulk-applied at once: each model's fill Job runs (KWOK
+completes it), its RayService is created, KubeRay makes its RayCluster and the scheduler puts
+the pods on the KWOK nodes. Then
 
 - settle: seconds from the apply until every model has its first status;
+- children: until every model has its RayService (its weights filled first);
 - at rest: the operator's requests per minute (the audit log; watches counted apart);
 - irrelevant churn: one label change per second on a node no model selects;
 - relevant churn: one label change per second on a node a quarter of the models select;
 - the operator's peak RSS and its CPU seconds over the whole run.
 
 The baseline runs from a `git worktree` of --baseline (default: the last commit before this
-design) put under .venv/tmp and removed afterwards. Nodes are plain Node objects (nothing
-schedules pods here: the KWOK tier is where pods would run).
+design) put under .venv/tmp and removed afterwards. `--no-kwok` runs the apiserver alone with
+plain Node objects (nothing schedules or completes anything: first statuses only).
 
     .venv/bin/python benchmarks/operator_scale.py [--models 300] [--nodes 50] [--namespaces 30]
         [--rest 60] [--churn 30] [--baseline 202581c] [--only new|baseline]
@@ -22,6 +27,7 @@ schedules pods here: the KWOK tier is where pods would run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,22 +43,28 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dev"))
 
-from alpaca_dev import stack  # noqa: E402
+from alpaca_dev import kwok, nodeconfig, stack  # noqa: E402
 from alpaca_dev.controlplane import ControlPlane, stop_process  # noqa: E402
+from alpaca_dev.pki import issue_client_cert  # noqa: E402
 
 OURS = ("alpaca-operator/", "kopf/", "OpenAPI-Generator/")
 POOLS = ("p0", "p1", "p2", "p3")
+OPERATOR_USER = "alpaca-operator"
+# only the operator's requests (it has a user of its own here): KubeRay, the scheduler and the
+# rest would fill the log and the apiserver's CPU
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata"}],
+    "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
 }
 
 
 @dataclass
 class Figures:
     settle_s: float = 0.0
+    children_s: float = 0.0
+    pods_running: int = 0
     quiet_s: float = 0.0
     rest_per_min: float = 0.0
     rest_watches_per_min: float = 0.0
@@ -86,8 +98,8 @@ class Audit:
 
 
 def _node(name: str, pool: str) -> dict[str, Any]:
-    labels = {"pool": pool, "nvidia.com/gpu.product": "NVIDIA-A10G"}
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+    # room for 8 Ray workers of the example's size (8 CPU, 32 GiB, 1 GPU each)
+    return kwok.node(name, gpus=8, cpu="128", memory="1Ti", labels={"pool": pool})
 
 
 def _model(name: str, pool: str) -> dict[str, Any]:
@@ -112,6 +124,11 @@ def _settled(cp: ControlPlane, total: int) -> bool:
     return len(done) == total
 
 
+def _count(cp: ControlPlane, resource: str, *args: str) -> int:
+    out = cp.kubectl_run("get", resource, "-A", "--no-headers", *args, timeout=120).stdout
+    return len(out.splitlines())
+
+
 def run_design(
     label: str, source: Path, args: argparse.Namespace, work: Path, bins: Path
 ) -> Figures:
@@ -126,22 +143,49 @@ def run_design(
             f"--audit-policy-file={policy}",
             f"--audit-log-path={work / 'audit.log'}",
             "--audit-log-format=json",
+            "--audit-log-maxsize=100000",  # no rotation under a measurement's offset
             "--max-requests-inflight=800",
         ],
     )
-    with cp:
+    with cp, contextlib.ExitStack() as stack_:
         cp.kubectl_run("apply", "--server-side", "-f", str(source / "crds"))
-        cp.kubectl_run("apply", "--server-side", "-f", str(stack.thirdparty("crds")), timeout=120)
+        if args.kwok:
+            cp.start_controller_manager(["*"])
+            cp.start_scheduler()
+            kwok.start_kwok(cp)
+            stack_.enter_context(stack.kuberay(cp, stack.thirdparty("crds"), work / "kuberay.log"))
+        else:
+            cp.kubectl_run("apply", "--server-side", "-f", str(stack.thirdparty("crds")))
         cp.wait_established("alpacamodels.alpaca.dev", "rayservices.ray.io")
         nodes = [_node(f"gpu-{i}", POOLS[i % len(POOLS)]) for i in range(args.nodes)]
         nodes.append(_node("spare", "spare"))
+        # fill Jobs and Ray heads: room for every model's head (and its fill Job's pod)
+        room = args.models + args.namespaces
+        nodes += [
+            kwok.node(f"cpu-{i}", cpu=str(room), memory="64Ti", pods=room // 4 + 1)
+            for i in range(4)
+        ]
         cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(nodes), timeout=300)
         for ns in range(args.namespaces):
             cp.kubectl_run("create", "namespace", f"scale-{ns}")
         # a client that loads a kubeconfig with inline certificates writes them to TMPDIR and
         # removes them at exit, which an operator killed after its stop timeout never reaches
         (work / "tmp").mkdir()
-        env = cp.env() | {"PYTHONPATH": str(source / "operator"), "TMPDIR": str(work / "tmp")}
+        assert cp.pki is not None
+        cert = issue_client_cert(
+            cp.pki, work / "certs", "operator", OPERATOR_USER, "system:masters"
+        )
+        kubeconfig = work / "operator.kubeconfig"
+        kubeconfig.write_text(
+            nodeconfig.kubeconfig(
+                cp.url, cp.pki.ca_cert, cert, cert.with_suffix(".key"), OPERATOR_USER
+            )
+        )
+        env = cp.env() | {
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONPATH": str(source / "operator"),
+            "TMPDIR": str(work / "tmp"),
+        }
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
             [
@@ -178,16 +222,23 @@ def run_design(
                     break
                 time.sleep(1)
             figures.settle_s = time.monotonic() - started
+            while args.kwok and _count(cp, "rayservices") < total:
+                if time.monotonic() > deadline:
+                    print(f"{label}: not every RayService after {args.settle_timeout} s")
+                    break
+                time.sleep(2)
+            figures.children_s = time.monotonic() - started
             # the first passes' writes come back as events and make more passes: wait until the
             # operator has sent nothing for 10 s (the baseline never gets there: its resync)
-            quiet_since, deadline = time.monotonic(), time.monotonic() + args.settle_timeout
+            quiet_since, deadline = time.monotonic(), time.monotonic() + args.quiet_timeout
             audit.mark()
             while time.monotonic() - quiet_since < 10 and time.monotonic() < deadline:
                 time.sleep(2)
                 if audit.count()[0]:
                     quiet_since = time.monotonic()
                 audit.mark()
-            figures.quiet_s = quiet_since - started
+            quiet = time.monotonic() - quiet_since >= 10
+            figures.quiet_s = quiet_since - started if quiet else float("inf")
 
             audit.mark()
             time.sleep(args.rest)
@@ -207,6 +258,8 @@ def run_design(
                 requests, _ = audit.count()
                 setattr(figures, attr, requests / args.churn)
             figures.peak_rss_mib, figures.cpu_s = _proc_figures(operator.pid)
+            if args.kwok:
+                figures.pods_running = _count(cp, "pods", "--field-selector=status.phase=Running")
         finally:
             stop_process(operator)  # type: ignore[arg-type]
             log.close()
@@ -221,11 +274,20 @@ def main() -> int:
     parser.add_argument("--rest", type=float, default=60)
     parser.add_argument("--churn", type=int, default=30)
     parser.add_argument("--settle-timeout", type=float, default=900)
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=180, help="inf in the table: never quiet so long"
+    )
     parser.add_argument("--baseline", default="202581c")
     parser.add_argument("--only", choices=("new", "baseline"))
+    parser.add_argument(
+        "--kwok",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scheduler, controller-manager, KubeRay and KWOK nodes (default), or the apiserver alone",
+    )
     args = parser.parse_args()
 
-    bins = stack.script("k8s-bins.sh")
+    bins = stack.script("k8s-bins.sh", "controller-manager", "scheduler")
     scratch = REPO / ".venv" / "tmp" / "operator-scale"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -263,6 +325,7 @@ def main() -> int:
     print(f"\n{args.models} AlpacaModels in {args.namespaces} namespaces, {args.nodes} GPU nodes")
     rows = [
         ("time until every model has a status (s)", "settle_s", "{:.1f}"),
+        ("time until every model has its RayService (s)", "children_s", "{:.1f}"),
         ("time until the operator went quiet (s)", "quiet_s", "{:.1f}"),
         ("requests/min at rest (watches apart)", "rest_per_min", "{:.1f}"),
         ("watch (re)connections/min at rest", "rest_watches_per_min", "{:.1f}"),
@@ -270,12 +333,13 @@ def main() -> int:
         ("requests per relevant node change", "relevant_per_change", "{:.2f}"),
         ("operator peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
         ("operator CPU over the run (s)", "cpu_s", "{:.1f}"),
+        ("pods running on KWOK nodes at the end", "pods_running", "{:d}"),
     ]
     names = list(results)
-    print(f"{'':42}" + "".join(f"{n:>22}" for n in names))
+    print(f"{'':48}" + "".join(f"{n:>22}" for n in names))
     for title, attr, fmt in rows:
         cells = "".join(f"{fmt.format(getattr(results[n], attr)):>22}" for n in names)
-        print(f"{title:42}{cells}")
+        print(f"{title:48}{cells}")
     return 0
 
 
