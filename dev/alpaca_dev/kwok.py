@@ -38,10 +38,11 @@ def node(
     labels: dict[str, str] | None = None,
     cpu: str = "32",
     memory: str = "256Gi",
+    pods: int = 110,
 ) -> dict[str, Any]:
     """A Node KWOK keeps Ready: GPU nodes carry NVIDIA's labels, the GPU taint and allocatable
     nvidia.com/gpu, as the device plugin and GPU feature discovery would report them."""
-    resources = {"cpu": cpu, "memory": memory, "pods": "110"}
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods)}
     all_labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",

@@ -154,7 +154,7 @@ def test_a_karpenter_model_gets_nodes_launched_for_its_replicas(sim: ControlPlan
         out = cp.kubectl_run("get", "nodes", "-l", f"karpenter.sh/nodepool={pool}", "-o", "json")
         return {n["metadata"]["name"] for n in json.loads(out.stdout)["items"]}
 
-    nodes = wait_for(launched, f"a node launched for NodePool {pool}", TIMEOUT)
+    wait_for(launched, f"a node launched for NodePool {pool}", TIMEOUT)
     claims = json.loads(cp.kubectl_run("get", "nodeclaims", "-o", "json").stdout)["items"]
     assert any(c["metadata"]["labels"].get("karpenter.sh/nodepool") == pool for c in claims)
     wait_for(
@@ -163,7 +163,11 @@ def test_a_karpenter_model_gets_nodes_launched_for_its_replicas(sim: ControlPlan
         TIMEOUT,
         interval=1,
     )
-    assert _running_on(cp, ns, "spot") <= nodes | launched()
+    # launched from the NodePool the operator rendered: a GPU instance, the GPU taint
+    node = cp.get_json("node", sorted(_running_on(cp, ns, "spot") & launched())[0]) or {}
+    assert int(node["status"]["allocatable"][kwok.GPU]) >= 1
+    assert kwok.GPU_TAINT in node["spec"]["taints"]
+    assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"].startswith("g-a10g-")
 
     # the model goes, its NodePool goes, and Karpenter takes its nodes back
     cp.kubectl_run("delete", "am", "spot", "-n", ns)
