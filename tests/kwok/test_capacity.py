@@ -21,6 +21,7 @@ from tests.conftest import REPO, k8s_bin_dir, operator_process
 pytestmark = [pytest.mark.kwok, pytest.mark.xdist_group("kwok")]
 
 KWOK_CLASS = {"group": "karpenter.kwok.sh", "kind": "KWOKNodeClass", "name": "default"}
+RESTRICTED, MODES = "pod-security.kubernetes.io/", ("enforce", "warn", "audit")
 TIMEOUT = 240  # generous: seven controllers share this machine's two cores
 
 
@@ -48,6 +49,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def namespace(sim: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "kwok-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
     sim.kubectl_run("create", "namespace", name)
+    # as hardened clusters do: a pod the Job controller or KubeRay makes from what the
+    # operator rendered is refused unless it meets the `restricted` Pod Security Standard
+    sim.kubectl_run("label", "namespace", name, *(f"{RESTRICTED}{m}=restricted" for m in MODES))
     yield name
     sim.kubectl_run("delete", "namespace", name, "--wait=false")
 

@@ -143,6 +143,10 @@ def rayservice(
                     "upscalingMode": "Default",
                     "idleTimeoutSeconds": int(parse_duration(scaling.scale_to_zero_delay)),
                     "resources": AUTOSCALER_RESOURCES,
+                    # KubeRay injects this sidecar with no securityContext of its own: a
+                    # namespace enforcing the `restricted` Pod Security Standard refuses the
+                    # whole head pod. It writes its logs beside Ray's, so its root stays writable.
+                    "securityContext": container_security(read_only_root=False),
                 },
                 "headGroupSpec": {
                     # num-cpus 0: no model replica lands on the head; it runs Serve's controller
