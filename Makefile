@@ -68,4 +68,4 @@ clean: ## remove the venv and build leftovers (the binary cache outside the repo
 -include mk/*.mk
 
 golden: venv ## regenerate the renderers' golden files (review the diff)
-	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/render
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/render --basetemp=.pytest-tmp-golden -p no:cacheprovider && rm -rf .pytest-tmp-golden
