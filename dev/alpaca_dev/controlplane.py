@@ -134,13 +134,8 @@ class ControlPlane:
     def spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """Run a process that belongs to this control plane (a controller, KWOK): its output in
-        `<workdir>/<name>.log`, stopped by stop() (before etcd)."""
-        return self._spawn(name, args, env)
-
-    def _spawn(
-        self, name: str, args: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+        """Run a process that belongs to this control plane (its own daemons, a controller,
+        KWOK): its output in `<workdir>/<name>.log`, stopped by stop() (before etcd)."""
         assert self.workdir is not None
         log = (self.workdir / f"{name}.log").open("ab")  # a restart adds to it
         proc = subprocess.Popen(
@@ -159,7 +154,7 @@ class ControlPlane:
         assert self.workdir is not None
         client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 str(self.bin_dir / "etcd"),
@@ -217,14 +212,14 @@ class ControlPlane:
             "--v=0",
             *self.extra_apiserver_args,
         ]
-        self._spawn("kube-apiserver", self._apiserver_args)
+        self.spawn("kube-apiserver", self._apiserver_args)
 
     def restart_apiserver(self, down: float, timeout: float = 90.0) -> None:
         """Stop the apiserver, keep it away for `down` seconds, start it again on the same
         address (clients see refused connections meanwhile; etcd keeps the state)."""
         stop_process(self.processes.pop("kube-apiserver"))
         time.sleep(down)
-        self._spawn("kube-apiserver", self._apiserver_args)
+        self.spawn("kube-apiserver", self._apiserver_args)
         self._wait_ready(timeout)
 
     def start_controller_manager(self, controllers: list[str]) -> None:
@@ -232,7 +227,7 @@ class ControlPlane:
         collector; `*` for all), as the cluster admin. It signs service-account tokens and
         publishes the CA into every namespace (`kube-root-ca.crt`) for pods that use them."""
         assert self.pki is not None
-        self._spawn(
+        self.spawn(
             "kube-controller-manager",
             [
                 str(self.bin_dir / "kube-controller-manager"),
@@ -250,7 +245,7 @@ class ControlPlane:
 
     def start_scheduler(self) -> None:
         """Run kube-scheduler as the cluster admin."""
-        self._spawn(
+        self.spawn(
             "kube-scheduler",
             [
                 str(self.bin_dir / "kube-scheduler"),

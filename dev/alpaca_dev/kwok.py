@@ -281,16 +281,6 @@ def kueue_queue(
     cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
-def pods_on_nodes(cp: ControlPlane, namespace: str, selector: str) -> dict[str, str]:
-    """{pod: node} of the running pods that match a label selector."""
-    out = cp.kubectl_run("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
-    return {
-        p["metadata"]["name"]: p["spec"].get("nodeName", "")
-        for p in json.loads(out)["items"]
-        if p.get("status", {}).get("phase") == "Running"
-    }
-
-
 def wait_node_ready(cp: ControlPlane, name: str, timeout: float = 60) -> None:
     def ready() -> bool:
         obj = cp.get_json("node", name) or {}

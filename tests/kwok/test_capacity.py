@@ -16,6 +16,8 @@ import yaml
 from alpaca_dev import kwok
 from alpaca_dev.controlplane import ControlPlane, wait_for
 from alpaca_dev.stack import example, kuberay, thirdparty
+from alpaca_operator.observe.model import condition_of
+from alpaca_operator.render import names
 from tests.conftest import REPO, k8s_bin_dir, operator_process
 
 pytestmark = [pytest.mark.kwok, pytest.mark.xdist_group("kwok")]
@@ -57,10 +59,7 @@ def namespace(sim: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str
 
 
 def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in (obj or {}).get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
+    return condition_of(obj, type_) or {}
 
 
 def _reason(cp: ControlPlane, kind: str, name: str, ns: str, type_: str) -> str:
@@ -89,14 +88,9 @@ def _model(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _worker_pods(cp: ControlPlane, ns: str, model: str) -> list[dict[str, Any]]:
-    out = cp.kubectl_run(
-        "get", "pods", "-n", ns, "-l", "ray.io/node-type=worker", "-o", "json"
-    ).stdout
-    return [
-        p
-        for p in json.loads(out)["items"]
-        if p["metadata"]["labels"].get("ray.io/cluster", "").startswith(model)
-    ]
+    selector = f"ray.io/node-type=worker,{names.LABEL_MODEL}={model}"
+    out = cp.kubectl_run("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
+    return list(json.loads(out)["items"])
 
 
 def _running_on(cp: ControlPlane, ns: str, model: str) -> set[str]:
@@ -189,7 +183,7 @@ def test_a_queued_fine_tune_trains_once_kueue_admits_it(sim: ControlPlane, names
     name = doc["metadata"]["name"]
     queued = _wait_reason(cp, "aft", name, ns, "Training", "Queued")
     assert "research-gpus" in queued["message"]
-    job = wait_for(lambda: cp.items("jobs", ns) and _training_job(cp, ns), "training Job", 60)
+    job = wait_for(lambda: _training_job(cp, ns), "training Job", 60)
     assert job["spec"]["suspend"] is True
 
     kwok.kueue_queue(cp, ns, "research-gpus", gpus=8)  # quota arrives: Kueue admits
