@@ -68,35 +68,93 @@ def test_home_is_set(path):
     assert any(i.startswith("ENV ") and " HOME=" in i for i in _instructions(path))
 
 
-# What each image copies of the project: its own package, and for the operator the two pure
-# modules it renders with (alpaca_serving.config, alpaca_weights.contract). A change to one
-# program rebuilds only the images that hold it.
-PACKAGES = {
-    "operator": ["operator", "serving", "weights"],
+# What each image copies of the project's packages: its own, and for the operator, of the
+# serving and weights packages only the modules it imports (with their packages' __init__.py).
+# A change to one program rebuilds only the images that hold it.
+PROGRAMS = ("operator", "serving", "training", "weights")
+SOURCES = {
+    "operator": [
+        "operator",
+        "serving/alpaca_serving/__init__.py",
+        "serving/alpaca_serving/config.py",
+        "serving/alpaca_serving/serve_config.py",
+        "weights/alpaca_weights/__init__.py",
+        "weights/alpaca_weights/contract.py",
+    ],
     "serving": ["serving"],
     "training": ["training"],
     "weights": ["weights"],
 }
 
 
+def _copies(instructions: list[str]) -> list[tuple[int, list[str], str]]:
+    """(index, sources, destination) of each COPY from the build context."""
+    out = []
+    for i, line in enumerate(instructions):
+        words = line.split()
+        if words[0] == "COPY" and not any(w.startswith("--from") for w in words):
+            paths = [w for w in words[1:] if not w.startswith("--")]
+            out.append((i, paths[:-1], paths[-1]))
+    return out
+
+
+def _package_source(source: str) -> bool:
+    """A program's package folder, or a file in its Python package (not, say, the serving
+    image's requirement list)."""
+    folder, _, rest = source.partition("/")
+    return folder in PROGRAMS and (not rest or rest.startswith("alpaca_"))
+
+
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_each_image_copies_its_own_packages_after_its_dependencies(path):
     instructions = _instructions(path)
-    copies = [i for i, line in enumerate(instructions) if line.startswith("COPY ")]
-    packages = [
-        instructions[i].split()[1]
-        for i in copies
-        if instructions[i].split()[1] in ("operator", "serving", "training", "weights")
-    ]
-    assert packages == PACKAGES[path.parent.name]
-    assert not [i for i in copies if "README" in instructions[i]]  # docs rebuild no image
-    first_source = next(i for i in copies if instructions[i].split()[1] in packages)
+    copies = _copies(instructions)
+    packaged = [(i, s, dest) for i, sources, dest in copies for s in sources if _package_source(s)]
+    assert [s for _, s, _ in packaged] == SOURCES[path.parent.name]
+    for _, source, dest in packaged:  # each where the distribution's package discovery finds it
+        parent = source if source in PROGRAMS else source.rsplit("/", 1)[0]
+        assert dest.rstrip("/") == f"./{parent}", (source, dest)
+    assert not [i for i, sources, _ in copies if any("README" in s for s in sources)]
+    first_source = packaged[0][0]
     installs = [i for i, line in enumerate(instructions) if "pip install" in line]
     assert installs[-1] > first_source  # the project itself, last
     assert "--no-deps ." in instructions[installs[-1]]
     assert all(i < first_source for i in installs[:-1])
     extra = f"['optional-dependencies']['{path.parent.name}']"
     assert any(extra in line for line in instructions), "installs its own extra"
+
+
+def test_the_operator_image_holds_exactly_the_serving_and_weights_modules_it_imports():
+    """Every module of the operator imported in a fresh interpreter: the serving and weights
+    modules that come with them are the ones the operator image copies, no fewer (it would
+    fail to start) and no more."""
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, pkgutil, sys, alpaca_operator\n"
+            "for m in pkgutil.walk_packages(alpaca_operator.__path__, 'alpaca_operator.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print(*sorted(k for k in sys.modules if k.split('.')[0] in\n"
+            "    ('alpaca_serving', 'alpaca_weights')))\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    copied = [
+        source.split("/", 1)[1].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for source in SOURCES["operator"]
+        if "/" in source
+    ]
+    assert sorted(copied) == imported
+    assert imported == [
+        "alpaca_serving",
+        "alpaca_serving.config",
+        "alpaca_serving.serve_config",
+        "alpaca_weights",
+        "alpaca_weights.contract",
+    ]
 
 
 def test_the_operator_image_installs_neither_torch_nor_the_weights_dependencies():
