@@ -15,13 +15,6 @@ from alpaca_operator.api import finetune, model
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
 
-# The labels render/capacity.py puts on a NodePool to name its AlpacaModel or AlpacaFineTune
-# (cluster-scoped, it cannot carry an owner reference to a namespaced object). NodePools from
-# before the kind label were all models'.
-OWNER_KIND_LABEL = "alpaca.dev/owner-kind"
-OWNER_NAMESPACE_LABEL = "alpaca.dev/owner-namespace"
-OWNER_NAME_LABEL = "alpaca.dev/owner-name"
-
 NodeKey = tuple[Any, ...]
 Key = tuple[str, str, str]  # (kind, namespace, name) of a custom resource to reconcile
 
@@ -98,10 +91,12 @@ def cache_users(pvc: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def nodepool_owner(labels: dict[str, str]) -> Key | None:
-    """(kind, namespace, name) of the AlpacaModel or AlpacaFineTune a NodePool's labels name,
-    if they name one."""
-    namespace, name = labels.get(OWNER_NAMESPACE_LABEL), labels.get(OWNER_NAME_LABEL)
-    kind = labels.get(OWNER_KIND_LABEL, model.KIND)
+    """(kind, namespace, name) of the AlpacaModel or AlpacaFineTune a NodePool's labels name
+    (`names.nodepool_labels`), if they name one. NodePools from before the kind label were all
+    models'."""
+    namespace = labels.get(names.LABEL_OWNER_NAMESPACE)
+    name = labels.get(names.LABEL_OWNER_NAME)
+    kind = labels.get(names.LABEL_OWNER_KIND, model.KIND)
     if not namespace or not name or kind not in (model.KIND, finetune.KIND):
         return None
     return kind, namespace, name

@@ -96,16 +96,7 @@ def nodepool(
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
-        "metadata": {
-            "name": pool,
-            "labels": {
-                "app.kubernetes.io/part-of": names.PART_OF,
-                "app.kubernetes.io/managed-by": names.PART_OF,
-                "alpaca.dev/owner-kind": owner_kind,
-                "alpaca.dev/owner-namespace": namespace,
-                "alpaca.dev/owner-name": name,
-            },
-        },
+        "metadata": {"name": pool, "labels": names.nodepool_labels(owner_kind, namespace, name)},
         "spec": spec,
     }
 

@@ -12,6 +12,11 @@ LABEL_CACHE = "alpaca.dev/weights-cache"
 LABEL_NODEPOOL = "alpaca.dev/nodepool"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_RAY_NODE = "ray.io/is-ray-node"  # KubeRay's, "yes" on every pod of a RayCluster
+# A NodePool is cluster-scoped, so it cannot carry an owner reference to its namespaced
+# AlpacaModel or AlpacaFineTune: these labels name it (reconcile/triggers.py reads them back).
+LABEL_OWNER_KIND = "alpaca.dev/owner-kind"
+LABEL_OWNER_NAMESPACE = "alpaca.dev/owner-namespace"
+LABEL_OWNER_NAME = "alpaca.dev/owner-name"
 
 
 def weights_identity(weights: Weights) -> dict[str, object]:
@@ -49,6 +54,17 @@ def nodepool_name(namespace: str, name: str, owner_kind: str = "AlpacaModel") ->
     if len(full) <= 63:
         return full
     return f"{full[:52].rstrip('-')}-{contract.digest(namespace, name)}"
+
+
+def nodepool_labels(owner_kind: str, namespace: str, name: str) -> dict[str, str]:
+    """A NodePool's labels: ours, and its owner's kind, namespace and name."""
+    return {
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        LABEL_OWNER_KIND: owner_kind,
+        LABEL_OWNER_NAMESPACE: namespace,
+        LABEL_OWNER_NAME: name,
+    }
 
 
 def rayservice_name(name: str) -> str:
