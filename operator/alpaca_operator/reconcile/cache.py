@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alpaca_operator.api.weights import Weights
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe.model import CacheState, condition_of
 from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
 from alpaca_operator.render import names, weights
+from alpaca_operator.render.weights import CacheManifests
 
 
 def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
@@ -32,12 +32,12 @@ def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
 
 
 def ensure_cache(
-    kube: Kube, applier: Applier, spec: Weights, user: dict[str, Any], image: str
+    kube: Kube, applier: Applier, desired: CacheManifests, user: dict[str, Any]
 ) -> CacheState:
-    """Make the cache exist with `user` among its owners, fill it if not filled; what is seen."""
-    ns = user["metadata"]["namespace"]
-    desired_pvc = weights.cache_pvc(spec, ns)
-    cache = desired_pvc["metadata"]["name"]
+    """Make the cache exist with `user` among its owners, fill it if not filled; what is seen.
+    `desired`: the cache's children as rendered for this pass (render/weights.cache_manifests)."""
+    desired_pvc = desired.pvc
+    cache, ns = desired_pvc["metadata"]["name"], desired_pvc["metadata"]["namespace"]
     live_pvc = kube.get("v1", "PersistentVolumeClaim", cache, ns)
     desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user)
     state = CacheState(pvc=live_pvc)
@@ -54,13 +54,13 @@ def ensure_cache(
     if state.filled:
         return state
     owned = [owner_reference(state.pvc, controller=True, block=False)]  # nothing to wait for
-    for obj in weights.fill_rbac(cache, ns):
+    for obj in desired.rbac:
         obj["metadata"]["ownerReferences"] = owned
         live = kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
         applier.ensure(obj, live)
     owners = shared_owners(job, user)
     if job is None:
-        desired_job = weights.fill_job(spec, ns, image)
+        desired_job = desired.fill_job
         desired_job["metadata"]["ownerReferences"] = owners
         job = applier.ensure(desired_job, None)
     elif job["metadata"].get("ownerReferences") != owners:

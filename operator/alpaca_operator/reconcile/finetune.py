@@ -21,6 +21,7 @@ from alpaca_operator.reconcile.model import NODEPOOL_CRD
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import finetune as render
 from alpaca_operator.render import names
+from alpaca_operator.render.weights import CacheManifests, cache_manifests
 from alpaca_operator.validation import Invalid
 
 
@@ -31,16 +32,72 @@ class FineTuneContext:
     config: OperatorConfig
 
 
+@dataclass
+class FineTuneManifests:
+    """Every child a fine-tune's passes render, before owner references: what a pass applies
+    (each in its stage) and what the golden files show."""
+
+    cache: CacheManifests
+    output_pvc: dict[str, Any]
+    rendezvous_service: dict[str, Any]
+    trainer_rbac: list[dict[str, Any]]
+    nodepool: dict[str, Any] | None
+    training_job: dict[str, Any]
+    served_model: dict[str, Any] | None
+
+    def all(self) -> list[dict[str, Any]]:
+        """In the order the passes create them (the served model last, on success)."""
+        out = [
+            *self.cache.all(),
+            self.output_pvc,
+            self.rendezvous_service,
+            *self.trainer_rbac,
+            self.nodepool,
+            self.training_job,
+            self.served_model,
+        ]
+        return [o for o in out if o is not None]
+
+
+def finetune_manifests(
+    spec: AlpacaFineTuneSpec,
+    name: str,
+    namespace: str,
+    config: OperatorConfig,
+    job: dict[str, Any] | None = None,
+) -> FineTuneManifests:
+    """The fine-tune's children for `spec` (`job`: the live training Job, whose suspension
+    Kueue may own; None before it exists). Pure."""
+    place = render_capacity.placement(spec.capacity, spec.resources, namespace, name, KIND)
+    return FineTuneManifests(
+        cache=cache_manifests(spec.base_model, namespace, config.weights_image),
+        output_pvc=render.output_pvc(spec, name, namespace),
+        rendezvous_service=render.rendezvous_service(name, namespace),
+        trainer_rbac=render.trainer_rbac(name, namespace),
+        nodepool=render_capacity.nodepool(spec.capacity, spec.resources, namespace, name, KIND),
+        training_job=render.training_job(
+            spec,
+            name,
+            namespace,
+            names.cache_name(spec.base_model),
+            spec.image or config.training_image,
+            config.weights_image,
+            place,
+            suspend=_suspend(spec, job),
+        ),
+        served_model=render.served_model(spec, name, namespace, spec.base_model.to_wire()),
+    )
+
+
 def _output_volume(
     ctx: FineTuneContext,
-    spec: AlpacaFineTuneSpec,
+    desired: dict[str, Any],
     body: dict[str, Any],
     served: dict[str, Any] | None,
 ) -> None:
     """The output PVC: owned by the fine-tune and, once it exists, by the model serving it, so
     deleting the AlpacaFineTune record does not take the served weights away."""
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    desired = render.output_pvc(spec, name, ns)
+    ns = body["metadata"]["namespace"]
     live = ctx.kube.get("v1", "PersistentVolumeClaim", desired["metadata"]["name"], ns)
     owners = shared_owners(live, body)
     if served is not None:
@@ -57,17 +114,18 @@ def _owned(ctx: FineTuneContext, desired: dict[str, Any], body: dict[str, Any]) 
 
 
 def _served_model(
-    ctx: FineTuneContext, spec: AlpacaFineTuneSpec, body: dict[str, Any], job: dict[str, Any] | None
+    ctx: FineTuneContext,
+    desired: dict[str, Any] | None,
+    body: dict[str, Any],
+    job: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
-    if spec.serve is None:
+    if desired is None:
         return None
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    live = ctx.kube.get("alpaca.dev/v1alpha1", "AlpacaModel", spec.serve.name, ns)
+    ns = body["metadata"]["namespace"]
+    live = ctx.kube.get("alpaca.dev/v1alpha1", "AlpacaModel", desired["metadata"]["name"], ns)
     complete = condition_of(job, "Complete")
     if not (complete and complete.get("status") == "True"):
         return live
-    desired = render.served_model(spec, name, ns, spec.base_model.to_wire())
-    assert desired is not None
     return ctx.applier.ensure(desired, live)
 
 
@@ -108,10 +166,9 @@ def _settle_job(
     return ctx.kube.json_patch("batch/v1", "Job", meta["name"], meta["namespace"], ops)
 
 
-def _nodepool(ctx: FineTuneContext, spec: AlpacaFineTuneSpec, ns: str, name: str) -> None:
+def _nodepool(ctx: FineTuneContext, desired: dict[str, Any] | None) -> None:
     """The NodePool its pods select on provisioner karpenter (deleted with the fine-tune, by
     the handlers: cluster-scoped, it has no owner reference)."""
-    desired = render_capacity.nodepool(spec.capacity, spec.resources, ns, name, KIND)
     if desired is None or not ctx.kube.crd_installed(NODEPOOL_CRD):
         return
     live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
@@ -126,34 +183,22 @@ def reconcile_finetune(
     now: datetime.datetime,
 ) -> Outcome:
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    job = ctx.kube.get("batch/v1", "Job", names.training_job_name(name), ns)
+    desired = finetune_manifests(spec, name, ns, ctx.config, job)
     children = observe.FineTuneChildren()
-    children.cache = ensure_cache(
-        ctx.kube, ctx.applier, spec.base_model, body, ctx.config.weights_image
-    )
-    job_name = names.training_job_name(name)
-    job = ctx.kube.get("batch/v1", "Job", job_name, ns)
-    children.served = _served_model(ctx, spec, body, job)
-    _output_volume(ctx, spec, body, children.served)
-    _owned(ctx, render.rendezvous_service(name, ns), body)
-    for obj in render.trainer_rbac(name, ns):
+    children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
+    children.served = _served_model(ctx, desired.served_model, body, job)
+    _output_volume(ctx, desired.output_pvc, body, children.served)
+    _owned(ctx, desired.rendezvous_service, body)
+    for obj in desired.trainer_rbac:
         _owned(ctx, obj, body)
     if children.cache.filled and job is None and _succeeded(body):
         # the run is over and its Job went (its TTL, a hand): never train again
         return Outcome(status=dict(body.get("status") or {}))
-    _nodepool(ctx, spec, ns, name)
+    _nodepool(ctx, desired.nodepool)
     if children.cache.filled:
-        place = render_capacity.placement(spec.capacity, spec.resources, ns, name, KIND)
-        desired = render.training_job(
-            spec,
-            name,
-            ns,
-            names.cache_name(spec.base_model),
-            spec.image or ctx.config.training_image,
-            ctx.config.weights_image,
-            place,
-            suspend=_suspend(spec, job),
-        )
-        job = _owned(ctx, desired, body) if job is None else _settle_job(ctx, job, desired)
+        training = desired.training_job
+        job = _owned(ctx, training, body) if job is None else _settle_job(ctx, job, training)
     children.job = job
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":

@@ -23,6 +23,7 @@ from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_c
 from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, networkpolicy, rayservice
+from alpaca_operator.render.weights import CacheManifests, cache_manifests
 from alpaca_operator.validation import Invalid
 
 RAYSERVICE_CRD = "rayservices.ray.io"
@@ -42,6 +43,70 @@ class ModelContext:
     application_for: ApplicationFor
 
 
+@dataclass
+class ModelManifests:
+    """Every child a model's passes render, before owner references: what a pass applies (each
+    in its stage) and what the golden files show."""
+
+    placement: render_capacity.Placement
+    nodepool: dict[str, Any] | None
+    cache: CacheManifests
+    adapter_caches: dict[str, CacheManifests]
+    """Adapter name -> its cache."""
+    rayservice: dict[str, Any]
+    endpoint_service: dict[str, Any]
+    network_policy: dict[str, Any]
+
+    def all(self) -> list[dict[str, Any]]:
+        out = [
+            self.nodepool,
+            *self.cache.all(),
+            *[obj for cache in self.adapter_caches.values() for obj in cache.all()],
+            self.rayservice,
+            self.endpoint_service,
+            self.network_policy,
+        ]
+        return [o for o in out if o is not None]
+
+
+def model_manifests(
+    spec: AlpacaModelSpec,
+    name: str,
+    namespace: str,
+    config: OperatorConfig,
+    application_for: ApplicationFor,
+) -> ModelManifests:
+    """The model's children for `spec`. Pure."""
+    place = render_capacity.placement(spec.capacity, spec.resources, namespace, name)
+    weights_image = spec.images.weights or config.weights_image
+    cache = names.cache_name(spec.weights)
+    application = application_for(
+        spec, rayservice.model_path(cache), spec.served_model_name or name
+    )
+    return ModelManifests(
+        placement=place,
+        nodepool=render_capacity.nodepool(spec.capacity, spec.resources, namespace, name),
+        cache=cache_manifests(spec.weights, namespace, weights_image),
+        adapter_caches={
+            a.name: cache_manifests(a.as_weights(spec.weights), namespace, weights_image)
+            for a in spec.adapters
+        },
+        rayservice=rayservice.rayservice(
+            spec,
+            name,
+            namespace,
+            application,
+            spec.images.serving or config.serving_image,
+            config.ray_version,
+            place,
+        ),
+        endpoint_service=rayservice.endpoint_service(name, namespace),
+        network_policy=networkpolicy.ray_network_policy(
+            name, namespace, config.dashboard_namespaces
+        ),
+    )
+
+
 def _crds(kube: Kube, spec: AlpacaModelSpec) -> set[str]:
     wanted = [RAYSERVICE_CRD] + ([NODEPOOL_CRD] if spec.capacity.provisioner == "karpenter" else [])
     return {name for name in wanted if kube.crd_installed(name)}
@@ -53,9 +118,11 @@ def _on_existing_gpu_nodes(spec: AlpacaModelSpec) -> bool:
 
 
 def _capacity(
-    ctx: ModelContext, spec: AlpacaModelSpec, name: str, ns: str, children: observe.ModelChildren
+    ctx: ModelContext,
+    spec: AlpacaModelSpec,
+    desired: dict[str, Any] | None,
+    children: observe.ModelChildren,
 ) -> None:
-    desired = render_capacity.nodepool(spec.capacity, spec.resources, ns, name)
     if desired is not None and NODEPOOL_CRD in children.crds:
         live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
         children.nodepool = ctx.applier.ensure(desired, live)
@@ -64,21 +131,19 @@ def _capacity(
 
 
 def _weights(
-    ctx: ModelContext, spec: AlpacaModelSpec, body: dict[str, Any], children: observe.ModelChildren
+    ctx: ModelContext,
+    desired: ModelManifests,
+    body: dict[str, Any],
+    children: observe.ModelChildren,
 ) -> None:
-    image = spec.images.weights or ctx.config.weights_image
-    children.cache = ensure_cache(ctx.kube, ctx.applier, spec.weights, body, image)
-    for adapter in spec.adapters:
-        weights = adapter.as_weights(spec.weights)
-        children.adapter_caches[adapter.name] = ensure_cache(
-            ctx.kube, ctx.applier, weights, body, image
-        )
+    children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
+    for adapter, cache in desired.adapter_caches.items():
+        children.adapter_caches[adapter] = ensure_cache(ctx.kube, ctx.applier, cache, body)
 
 
-def _network_policy(ctx: ModelContext, body: dict[str, Any]) -> None:
+def _network_policy(ctx: ModelContext, desired: dict[str, Any], body: dict[str, Any]) -> None:
     """Who may reach the Ray pods: in place before the RayService starts any."""
-    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
-    desired = networkpolicy.ray_network_policy(name, ns, ctx.config.dashboard_namespaces)
+    ns = body["metadata"]["namespace"]
     desired["metadata"]["ownerReferences"] = [owner_reference(body)]
     live = ctx.kube.get("networking.k8s.io/v1", "NetworkPolicy", desired["metadata"]["name"], ns)
     ctx.applier.ensure(desired, live)
@@ -86,33 +151,21 @@ def _network_policy(ctx: ModelContext, body: dict[str, Any]) -> None:
 
 def _serving(
     ctx: ModelContext,
-    spec: AlpacaModelSpec,
+    desired: ModelManifests,
     body: dict[str, Any],
     children: observe.ModelChildren,
-    place: render_capacity.Placement,
 ) -> None:
-    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    ns = body["metadata"]["namespace"]
     filled = children.cache.filled and all(c.filled for c in children.adapter_caches.values())
     if RAYSERVICE_CRD not in children.crds or not filled:
         return
-    cache = names.cache_name(spec.weights)
-    served = spec.served_model_name or name
-    application = ctx.application_for(spec, rayservice.model_path(cache), served)
-    desired = rayservice.rayservice(
-        spec,
-        name,
-        ns,
-        application,
-        spec.images.serving or ctx.config.serving_image,
-        ctx.config.ray_version,
-        place,
-    )
     owner = [owner_reference(body)]
-    desired["metadata"]["ownerReferences"] = owner
-    live = ctx.kube.get("ray.io/v1", "RayService", desired["metadata"]["name"], ns)
-    children.rayservice = ctx.applier.ensure(desired, live)
-    children.cluster_action = settle_cluster(ctx.kube, children.rayservice, desired)
-    service = rayservice.endpoint_service(name, ns)
+    ray = desired.rayservice
+    ray["metadata"]["ownerReferences"] = owner
+    live = ctx.kube.get("ray.io/v1", "RayService", ray["metadata"]["name"], ns)
+    children.rayservice = ctx.applier.ensure(ray, live)
+    children.cluster_action = settle_cluster(ctx.kube, children.rayservice, ray)
+    service = desired.endpoint_service
     service["metadata"]["ownerReferences"] = owner
     ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
 
@@ -128,12 +181,13 @@ def reconcile_model(
     conditions after validation, with Accepted set)."""
     name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
     generation = body["metadata"].get("generation")
-    place = render_capacity.placement(spec.capacity, spec.resources, ns, name)
+    desired = model_manifests(spec, name, ns, ctx.config, ctx.application_for)
+    place = desired.placement
     children = observe.ModelChildren(crds=_crds(ctx.kube, spec))
-    _capacity(ctx, spec, name, ns, children)
-    _weights(ctx, spec, body, children)
-    _network_policy(ctx, body)
-    _serving(ctx, spec, body, children, place)
+    _capacity(ctx, spec, desired.nodepool, children)
+    _weights(ctx, desired, body, children)
+    _network_policy(ctx, desired.network_policy, body)
+    _serving(ctx, desired, body, children)
     keep = {names.cache_name(spec.weights)}
     keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
     live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)

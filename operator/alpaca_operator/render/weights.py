@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from alpaca_operator.api.weights import Weights
@@ -185,3 +186,25 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
             },
         },
     }
+
+
+@dataclass
+class CacheManifests:
+    """A weights cache's children as its users' passes render them: the volume, the fill
+    Job's account and the fill Job."""
+
+    pvc: dict[str, Any]
+    rbac: list[dict[str, Any]]
+    fill_job: dict[str, Any]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.pvc, *self.rbac, self.fill_job]
+
+
+def cache_manifests(weights: Weights, namespace: str, image: str) -> CacheManifests:
+    """Everything of the cache for `weights` in `namespace`, filled by `image`."""
+    return CacheManifests(
+        pvc=cache_pvc(weights, namespace),
+        rbac=fill_rbac(names.cache_name(weights), namespace),
+        fill_job=fill_job(weights, namespace, image),
+    )

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from alpaca_operator.api import AlpacaModelSpec
+from alpaca_operator.api.weights import Weights
+from alpaca_operator.observe.model import CacheState
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.cache import ensure_cache, termination_message
 from alpaca_operator.render import names
-from alpaca_operator.render.weights import FILLED_ANNOTATION
+from alpaca_operator.render.weights import FILLED_ANNOTATION, cache_manifests
 
 from .fake_kube import FakeKube
 from .support import (
@@ -32,6 +34,17 @@ def _user(kube: FakeKube, name: str) -> dict[str, Any]:
     return create(kube, example("alpaca-local.yaml"), name)
 
 
+def _ensure(
+    kube: FakeKube,
+    applier: Applier,
+    user: dict[str, Any],
+    image: str = IMAGE,
+    spec: Weights = SPEC,
+) -> CacheState:
+    """A pass's ensure_cache for `user`, with the cache rendered as its reconciler renders it."""
+    return ensure_cache(kube, applier, cache_manifests(spec, NS, image), user)
+
+
 def _pvc(kube: FakeKube) -> dict[str, Any]:
     return kube.stored("v1", "PersistentVolumeClaim", CACHE, NS)
 
@@ -42,7 +55,7 @@ def _job(kube: FakeKube) -> dict[str, Any]:
 
 def test_first_user_creates_the_cache_its_account_and_its_fill_job():
     kube = FakeKube()
-    state = ensure_cache(kube, Applier(kube), SPEC, _user(kube, "first"), IMAGE)
+    state = _ensure(kube, Applier(kube), _user(kube, "first"))
     assert owners(_pvc(kube)) == [("AlpacaModel", "first", False)]
     # the Job has the PVC's owners, not the PVC (pvc-protection would hold both: decision 27)
     assert owners(_job(kube)) == [("AlpacaModel", "first", False)]
@@ -62,20 +75,20 @@ def test_an_unchanged_second_pass_writes_nothing():
     kube = FakeKube()
     applier = Applier(kube)
     user = _user(kube, "first")
-    ensure_cache(kube, applier, SPEC, user, IMAGE)
+    _ensure(kube, applier, user)
     writes = kube.writes
-    ensure_cache(kube, applier, SPEC, user, IMAGE)
+    _ensure(kube, applier, user)
     assert kube.writes == writes
 
 
 def test_a_second_user_is_added_to_the_pvc_and_by_a_patch_to_the_job():
     kube = FakeKube()
     applier = Applier(kube)
-    ensure_cache(kube, applier, SPEC, _user(kube, "first"), IMAGE)
+    _ensure(kube, applier, _user(kube, "first"))
     template = _job(kube)["spec"]["template"]
     kube.writes_log.clear()
     # a newer operator with another image: the running fill keeps its template
-    state = ensure_cache(kube, applier, SPEC, _user(kube, "second"), "alpaca-weights:newer")
+    state = _ensure(kube, applier, _user(kube, "second"), "alpaca-weights:newer")
     both = [("AlpacaModel", "first", False), ("AlpacaModel", "second", False)]
     assert owners(_pvc(kube)) == both
     assert owners(_job(kube)) == both
@@ -91,21 +104,21 @@ def test_a_completed_fill_marks_the_cache_and_a_filled_cache_needs_no_job():
     kube = FakeKube()
     applier = Applier(kube)
     user = _user(kube, "first")
-    ensure_cache(kube, applier, SPEC, user, IMAGE)
+    _ensure(kube, applier, user)
     complete_job(kube, JOB)
-    state = ensure_cache(kube, applier, SPEC, user, IMAGE)
+    state = _ensure(kube, applier, user)
     assert state.filled
     assert _pvc(kube)["metadata"]["annotations"][FILLED_ANNOTATION] == "true"
     assert state.fill_job is None
 
     kube.delete("batch/v1", "Job", JOB, NS)  # ttlSecondsAfterFinished
     writes = kube.writes
-    state = ensure_cache(kube, applier, SPEC, user, IMAGE)
+    state = _ensure(kube, applier, user)
     assert state.filled and kube.writes == writes
     assert kube.names("Job") == []  # the annotation remembers: no second fill
 
     # a user that comes later finds it filled: it is added to the PVC, and no Job is made
-    state = ensure_cache(kube, applier, SPEC, _user(kube, "late"), IMAGE)
+    state = _ensure(kube, applier, _user(kube, "late"))
     assert state.filled and kube.names("Job") == []
     assert [o[1] for o in owners(_pvc(kube))] == ["first", "late"]
 
@@ -114,13 +127,13 @@ def test_a_failed_attempt_reads_the_newest_termination_message():
     kube = FakeKube()
     applier = Applier(kube)
     user = _user(kube, "first")
-    ensure_cache(kube, applier, SPEC, user, IMAGE)
+    _ensure(kube, applier, user)
     terminated_pod(kube, JOB, "old", "DownloadStalled: first", created="2026-11-24T11:00:00Z")
     terminated_pod(kube, JOB, "new", "SourceNotFound: second", created="2026-11-24T11:30:00Z")
     terminated_pod(kube, "another-job", "other", "Unauthorized: not ours")
-    assert ensure_cache(kube, applier, SPEC, user, IMAGE).fill_pod_message is None  # no failure
+    assert _ensure(kube, applier, user).fill_pod_message is None  # no failure
     fail_job(kube, JOB, "PodFailurePolicy")
-    state = ensure_cache(kube, applier, SPEC, user, IMAGE)
+    state = _ensure(kube, applier, user)
     assert state.fill_pod_message == "SourceNotFound: second"
 
 
@@ -145,7 +158,7 @@ def test_users_of_different_weights_get_different_caches():
     kube = FakeKube()
     applier = Applier(kube)
     other = SPEC.model_copy(update={"revision": "v2"})
-    ensure_cache(kube, applier, SPEC, _user(kube, "a"), IMAGE)
-    ensure_cache(kube, applier, other, _user(kube, "b"), IMAGE)
+    _ensure(kube, applier, _user(kube, "a"))
+    _ensure(kube, applier, _user(kube, "b"), spec=other)
     assert kube.names("PersistentVolumeClaim") == sorted([CACHE, names.cache_name(other)])
     assert len(kube.names("Job")) == 2

@@ -14,8 +14,10 @@ import yaml
 
 from alpaca_operator.api import AlpacaFineTuneSpec, AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
+from alpaca_operator.reconcile.finetune import finetune_manifests
+from alpaca_operator.reconcile.model import model_manifests
 from alpaca_operator.reconcile.serving import application_for
-from alpaca_operator.render import capacity, finetune, names, networkpolicy, rayservice, weights
+from alpaca_operator.render import names
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,38 +39,10 @@ CONFIG = OperatorConfig(
 
 
 def render_model(doc: dict[str, Any], namespace: str = "default") -> list[dict[str, Any]]:
-    name = doc["metadata"]["name"]
+    """Every child a model's reconcile renders (reconcile/model.model_manifests)."""
     spec = AlpacaModelSpec.model_validate(doc["spec"])
-    place = capacity.placement(spec.capacity, spec.resources, namespace, name)
-    cache = names.cache_name(spec.weights)
-    out = [
-        capacity.nodepool(spec.capacity, spec.resources, namespace, name),
-        weights.cache_pvc(spec.weights, namespace),
-        *weights.fill_rbac(cache, namespace),
-        weights.fill_job(spec.weights, namespace, CONFIG.weights_image),
-        *[
-            obj
-            for a in spec.adapters
-            for w in [a.as_weights(spec.weights)]
-            for obj in (
-                weights.cache_pvc(w, namespace),
-                *weights.fill_rbac(names.cache_name(w), namespace),
-                weights.fill_job(w, namespace, CONFIG.weights_image),
-            )
-        ],
-        rayservice.rayservice(
-            spec,
-            name,
-            namespace,
-            application_for(spec, rayservice.model_path(cache), spec.served_model_name or name),
-            CONFIG.serving_image,
-            CONFIG.ray_version,
-            place,
-        ),
-        rayservice.endpoint_service(name, namespace),
-        networkpolicy.ray_network_policy(name, namespace, CONFIG.dashboard_namespaces),
-    ]
-    return [o for o in out if o is not None]
+    name = doc["metadata"]["name"]
+    return model_manifests(spec, name, namespace, CONFIG, application_for).all()
 
 
 def _rendered(path: Path) -> list[dict[str, Any]]:
@@ -102,32 +76,13 @@ def test_rendering_is_deterministic():
 
 
 def render_finetune(doc: dict[str, Any], namespace: str = "default") -> list[dict[str, Any]]:
-    """Every child a fine-tune's reconcile renders, as its passes create them: the base weights'
-    cache and fill, the output volume, the rank Service, the trainer's account, the training Job
+    """Every child a fine-tune's reconcile renders (reconcile/finetune.finetune_manifests), as
+    its passes create them: the base weights' cache and fill, the output volume, the rank
+    Service, the trainer's account, the NodePool on provisioner karpenter, the training Job
     (suspended at creation when queued) and the AlpacaModel that serves the result."""
-    name = doc["metadata"]["name"]
     spec = AlpacaFineTuneSpec.model_validate(doc["spec"])
-    cache = names.cache_name(spec.base_model)
-    out = [
-        weights.cache_pvc(spec.base_model, namespace),
-        *weights.fill_rbac(cache, namespace),
-        weights.fill_job(spec.base_model, namespace, CONFIG.weights_image),
-        finetune.output_pvc(spec, name, namespace),
-        finetune.rendezvous_service(name, namespace),
-        *finetune.trainer_rbac(name, namespace),
-        finetune.training_job(
-            spec,
-            name,
-            namespace,
-            cache,
-            spec.image or CONFIG.training_image,
-            CONFIG.weights_image,
-            capacity.placement(spec.capacity, spec.resources, namespace, name),
-            suspend=spec.suspend or spec.queue_name is not None,
-        ),
-        finetune.served_model(spec, name, namespace, spec.base_model.to_wire()),
-    ]
-    return [o for o in out if o is not None]
+    name = doc["metadata"]["name"]
+    return finetune_manifests(spec, name, namespace, CONFIG).all()
 
 
 @pytest.mark.parametrize("path", FINETUNES, ids=lambda p: p.name)
@@ -145,3 +100,29 @@ def test_finetune_rendering_is_deterministic(path):
 def test_every_example_has_a_golden_file():
     assert FINETUNES and MODELS
     assert {p.name for p in GOLDEN.glob("*.yaml")} == {p.name for p in MODELS + FINETUNES}
+
+
+def _selected_nodepools(obj: Any) -> list[str]:
+    """The NodePools the pod templates in a manifest select, at any depth."""
+    if isinstance(obj, list):
+        return [pool for item in obj for pool in _selected_nodepools(item)]
+    if not isinstance(obj, dict):
+        return []
+    found = (
+        [str(obj["nodeSelector"][names.LABEL_NODEPOOL])]
+        if names.LABEL_NODEPOOL in (obj.get("nodeSelector") or {})
+        else []
+    )
+    return found + [pool for value in obj.values() for pool in _selected_nodepools(value)]
+
+
+@pytest.mark.parametrize("path", [*MODELS, *FINETUNES], ids=lambda p: p.name)
+def test_pods_on_karpenter_capacity_select_the_nodepool_rendered_with_them(path):
+    doc = yaml.safe_load(path.read_text())
+    rendered = _rendered(path)
+    pools = [o["metadata"]["name"] for o in rendered if o["kind"] == "NodePool"]
+    selected = set(_selected_nodepools(rendered))
+    if doc["spec"].get("capacity", {}).get("provisioner") == "karpenter":
+        assert len(pools) == 1 and selected == set(pools)
+    else:
+        assert not pools and not selected
