@@ -167,8 +167,8 @@ def _settle_job(
 
 
 def _nodepool(ctx: FineTuneContext, desired: dict[str, Any] | None) -> None:
-    """The NodePool its pods select on provisioner karpenter (deleted with the fine-tune, by
-    the handlers: cluster-scoped, it has no owner reference)."""
+    """The NodePool its pods select on provisioner karpenter (deleted with the fine-tune on its
+    DELETED event, reconcile/runtime.py: cluster-scoped, it has no owner reference)."""
     if desired is None or not ctx.kube.crd_installed(NODEPOOL_CRD):
         return
     live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])

@@ -1,6 +1,7 @@
 """One pass over an AlpacaModel: capacity, weights cache, serving; then its status.
 
-Called from the handlers on create/update/resume, on every child's change, and by a timer.
+Run as a pass (reconcile/runtime.py) when the model's spec moves, a child or a node it
+concerns changes, or a deadline comes.
 Writes only what differs (see apply.Applier); reads children from the watch-fed store.
 """
 

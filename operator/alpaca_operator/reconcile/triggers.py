@@ -1,7 +1,7 @@
-"""Which custom resources a watch event concerns: the handlers' decisions, pure.
+"""Which custom resources a watch event concerns: the runtime's decisions, pure.
 
-The handlers in `handlers.py` read what kopf and the API give them, ask here which objects
-to reconcile, and call the reconcilers; nothing here touches the API.
+The runtime (`reconcile/runtime.py`) takes what kopf's handlers hand it, asks here which
+objects to reconcile, and queues their passes; nothing here touches the API.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ real-apiserver tests in tests/integration stay the authority):
   the operator applies replaces what was there; `metadata.generation` moves when anything but
   metadata and status changed; uid, resourceVersion and creationTimestamp are set;
 - a Job's pod template is immutable, as on a real apiserver: applying a different one fails;
+- `create` names an object from its generateName (the Events the operator posts);
 - every request that could change state is logged in `writes_log` and counted in `writes`.
 
 Tests play the other controllers with `put` (an object as another writer created it) and
@@ -41,7 +42,7 @@ NO_GENERATION = {
 
 
 class Write(NamedTuple):
-    verb: str  # apply, apply/status, json-patch, delete
+    verb: str  # apply, apply/status, create, json-patch, delete
     kind: str
     name: str
     detail: Any = None  # the JSON patch's operations
@@ -101,6 +102,7 @@ class FakeKube(Kube):
         self.writes_log: list[Write] = []
         self._uids = itertools.count(1)
         self._versions = itertools.count(1)
+        self._generated = itertools.count(1)
 
     # --- what a test does as another controller or a user -------------------------------
 
@@ -179,6 +181,15 @@ class FakeKube(Kube):
         merged["metadata"]["resourceVersion"] = str(next(self._versions))
         self.objects[key] = merged
         return copy.deepcopy(merged)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        name = meta.get("name") or f"{meta['generateName']}{next(self._generated):05x}"
+        self._wrote(obj["kind"])
+        self.writes_log.append(Write("create", obj["kind"], name))
+        if _key(obj["apiVersion"], obj["kind"], name, meta.get("namespace")) in self.objects:
+            raise ApiError(409, {"reason": "AlreadyExists", "message": f"{name} exists"})
+        return self.put({**obj, "metadata": {**meta, "name": name}})
 
     def json_patch(
         self,
