@@ -20,6 +20,8 @@ def llm_config(config: ServingConfig) -> Any:
     """Ray Serve LLM's LLMConfig for our config."""
     from ray.serve.llm import LLMConfig
 
+    from alpaca_serving.node_init import CALLBACK_CLASS
+
     engine = dict(config.engine_kwargs)
     template = chat_template_for(config.prompt_template)
     if template is not None:
@@ -46,6 +48,8 @@ def llm_config(config: ServingConfig) -> Any:
         deployment["ray_actor_options"] = {"num_cpus": 0}
     else:
         engine.setdefault("tensor_parallel_size", max(config.gpus_per_replica, 1))
+    # The model is a folder on the cache volume: no per-node fetch task before the engine starts
+    kwargs["callback_config"] = {"callback_class": CALLBACK_CLASS}
     return LLMConfig(
         model_loading_config={
             "model_id": config.served_model_name,

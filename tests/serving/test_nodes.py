@@ -42,3 +42,16 @@ def test_the_engine_runs_on_the_worker_node(served: Served):
 
     commands = [cmdline(pid) for pid in _namespace_processes(served.worker.namespace)]
     assert any("LLMServer" in c for c in commands), commands
+
+
+def test_the_replica_starts_its_engine_without_a_fetch_task(served: Served):
+    """The model is a local folder (the cache volume): no Ray task on the node fetches it first
+    (alpaca_serving.node_init), where Ray's default starts one worker process per node for it."""
+    node = served.worker
+    session = os.readlink(f"{node.root}{node.temp_dir}/session_latest")  # the node's own view
+    logs = [
+        p.read_text(errors="replace")
+        for p in Path(f"{node.root}{session}/logs/serve").glob("replica_*LLMServer*.log")
+    ]
+    assert any("Started vLLM engine" in text for text in logs), "no replica log on the worker"
+    assert not any("download model files" in text for text in logs)
