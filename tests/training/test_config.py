@@ -121,6 +121,7 @@ def test_importing_the_config_is_light():
 
 
 def test_the_entry_point_refuses_a_bad_config_by_name(tmp_path):
+    """At once: before torch, transformers and peft are imported (the import log says which)."""
     raw = {
         "modelPath": "/m",
         "dataPath": "/d",
@@ -128,7 +129,7 @@ def test_the_entry_point_refuses_a_bad_config_by_name(tmp_path):
         "hyperparameters": {"globalBatchSize": 6, "perDeviceBatchSize": 4},
     }
     result = subprocess.run(
-        [sys.executable, "-m", "alpaca_training"],
+        [sys.executable, "-X", "importtime", "-m", "alpaca_training"],
         env=subprocess_env(raw, tmp_path),
         capture_output=True,
         text=True,
@@ -137,3 +138,6 @@ def test_the_entry_point_refuses_a_bad_config_by_name(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "bad training configuration: hyperparameters.globalBatchSize (6)" in result.stderr
     assert not (tmp_path / "out").exists()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "pydantic" in imported  # the import log is there
+    assert not imported & {"torch", "transformers", "peft"}

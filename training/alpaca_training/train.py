@@ -8,11 +8,10 @@ DDP over gloo), with the configuration in ALPACA_TRAIN_CONFIG.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from alpaca_training.config import TrainConfig, config_from_env, world_size_from_env
+from alpaca_training.config import TrainConfig
 from alpaca_training.data import SupervisedCollator, load_records, tokenize_records
 from alpaca_training.model import load_model_and_tokenizer
 from alpaca_training.output import find_resume_checkpoint, save_final
@@ -148,29 +147,12 @@ def run(
     return trainer
 
 
-def _setup_logging() -> None:
+def start(config: TrainConfig, world_size: int, accumulation: int) -> int:
+    """The run, once the entry point (alpaca_training.__main__) has accepted the configuration."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one log line per step is enough in a pod's log
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def main() -> int:
-    """The entry point (`python -m alpaca_training`, under torchrun)."""
-    import torch
-
-    _setup_logging()
-    world_size = world_size_from_env()
-    try:
-        config = config_from_env()
-        accumulation = config.gradient_accumulation_steps(world_size)
-    except ValueError as exc:  # pydantic's ValidationError too: it names the field
-        log.error("bad training configuration: %s", exc)
-        return 2
     cuda = torch.cuda.is_available()
     log.info(
         "method %s, %d process(es), %s, %d gradient accumulation step(s)",
