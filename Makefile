@@ -56,8 +56,12 @@ thirdparty: ## KubeRay, helm, KWOK, Karpenter (KWOK provider) and Kueue built fr
 	@scripts/thirdparty.sh karpenter-kwok >/dev/null
 	@scripts/thirdparty.sh kueue >/dev/null
 
+# Three xdist workers on two cores: the node tier alone keeps the CPUs 53% busy (it waits for
+# pods, the apiserver, Ray); a third worker fills the gaps (docs/decisions.md 35).
+PYTEST_WORKERS ?= 3
+
 test: venv k8s-bins node-bins serving-deps images thirdparty lint ## everything: unit, real apiserver, operator e2e, real serving, real node (what CI runs)
-	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n 2 --dist loadgroup --durations=25
+	ALPACA_K8S_BINS="$$(scripts/k8s-bins.sh | tail -n 1)" $(PY) -m pytest tests --basetemp=.pytest-tmp -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 demo: venv k8s-bins node-bins serving-deps images thirdparty ## a real node here (root): helm install, SmolLM2 served by pods, a chat answer through the Service; Ctrl-C stops all
 	$(PY) -m alpaca_dev.demo --repo . $(if $(DEMO_ONCE),--once)
