@@ -12,6 +12,8 @@ LABEL_CACHE = "alpaca.dev/weights-cache"
 LABEL_NODEPOOL = "alpaca.dev/nodepool"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_RAY_NODE = "ray.io/is-ray-node"  # KubeRay's, "yes" on every pod of a RayCluster
+OURS = {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": PART_OF}
+"""What every object the operator makes carries (the watches select on managed-by)."""
 # A NodePool is cluster-scoped, so it cannot carry an owner reference to its namespaced
 # AlpacaModel or AlpacaFineTune: these labels name it (reconcile/triggers.py reads them back).
 LABEL_OWNER_KIND = "alpaca.dev/owner-kind"
@@ -58,9 +60,7 @@ def nodepool_name(namespace: str, name: str, owner_kind: str = "AlpacaModel") ->
 
 def nodepool_labels(owner_kind: str, namespace: str, name: str) -> dict[str, str]:
     """A NodePool's labels: ours, and its owner's kind, namespace and name."""
-    return {
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": PART_OF,
+    return OURS | {
         LABEL_OWNER_KIND: owner_kind,
         LABEL_OWNER_NAMESPACE: namespace,
         LABEL_OWNER_NAME: name,
@@ -93,12 +93,7 @@ def _labels(
     labels = {"app.kubernetes.io/name": app}
     if instance:
         labels["app.kubernetes.io/instance"] = owner
-    return labels | {
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": PART_OF,
-        LABEL_COMPONENT: component,
-        owner_label: owner,
-    }
+    return labels | OURS | {LABEL_COMPONENT: component, owner_label: owner}
 
 
 def model_labels(name: str, component: str) -> dict[str, str]:
