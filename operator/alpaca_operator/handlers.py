@@ -160,7 +160,7 @@ def _index_children(fn: Any) -> Any:
 @_index_children
 async def children(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Each child as it is now (kopf calls this before the event handlers below)."""
-    memo.runtime.store.put(dict(body))
+    memo.runtime.child_stored(dict(body))
 
 
 @kopf.index(*MODEL)

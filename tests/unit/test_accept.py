@@ -4,17 +4,19 @@ from alpaca_operator.api import AlpacaFineTuneSpec, AlpacaModelSpec
 GOOD = {"weights": {"source": "hf://org/m"}}
 
 
-def test_valid_spec_is_accepted_with_one_event_per_transition():
+def test_valid_spec_is_accepted_and_events_follow_what_a_person_needs():
     first = accept(GOOD, AlpacaModelSpec, 1, {}, "Pending", pending_message="waiting")
     assert first.status["phase"] == "Pending"
     assert first.status["observedGeneration"] == 1
     by_type = {c["type"]: c for c in first.status["conditions"]}
     assert by_type["Accepted"]["status"] == "True" and by_type["Accepted"]["reason"] == "SpecValid"
     assert by_type["Ready"]["status"] == "False" and by_type["Ready"]["reason"] == "StagesPending"
-    assert [(e.type, e.reason) for e in first.events] == [
-        ("Normal", "SpecValid"),
-        ("Normal", "StagesPending"),
-    ]
+    # a valid spec on a new object is the rule, and Ready only names what it waits for
+    assert first.events == []
+    refused = accept({"weights": {}}, AlpacaModelSpec, 2, first.status, "Pending", "waiting")
+    assert [(e.type, e.reason) for e in refused.events] == [("Warning", "InvalidSpec")]
+    fixed = accept(GOOD, AlpacaModelSpec, 3, refused.status, "Pending", pending_message="waiting")
+    assert [(e.type, e.reason) for e in fixed.events] == [("Normal", "SpecValid")]
 
     again = accept(GOOD, AlpacaModelSpec, 2, first.status, "Pending", pending_message="waiting")
     assert again.events == []  # nothing moved: no Event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alpaca_operator.store import CachedKube, Store, parse_selector, trim_node
+from alpaca_operator.store import CachedKube, Store, clone, parse_selector, trim_node
 
 from .reconcile.fake_kube import FakeKube
 
@@ -18,11 +18,21 @@ def _svc(name: str, rv: str, **labels: str) -> dict[str, Any]:
 
 def test_a_newer_copy_is_never_replaced_by_an_older_event():
     store = Store({SERVICE})
-    store.put(_svc("a", "10", v="write"))  # our write's answer
-    store.put(_svc("a", "9", v="event"))  # the watch event from before it
+    assert store.put(_svc("a", "10", v="write"))  # our write's answer: news
+    assert not store.put(_svc("a", "9", v="event"))  # the watch event from before it
     assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"v": "write"}
-    store.put(_svc("a", "11", v="later"))
+    assert not store.put(_svc("a", "10", v="write"))  # the watch event of the write: an echo
+    assert store.put(_svc("a", "11", v="later"))
     assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"v": "later"}
+
+
+def test_a_clone_is_a_deep_copy_of_a_json_tree():
+    tree = {"a": [{"b": 1}, "c", None], "d": {"e": [1.5, True]}}
+    copied = clone(tree)
+    assert copied == tree
+    copied["a"][0]["b"] = 2
+    copied["d"]["e"].append(3)
+    assert tree == {"a": [{"b": 1}, "c", None], "d": {"e": [1.5, True]}}
 
 
 def test_reads_are_copies_and_lists_filter_by_namespace_and_labels():

@@ -17,6 +17,7 @@ from alpaca_operator.observe import finetune as observe
 from alpaca_operator.observe.model import condition_of
 from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
 from alpaca_operator.reconcile.cache import ensure_cache, termination_message
+from alpaca_operator.reconcile.locks import CACHES
 from alpaca_operator.reconcile.model import NODEPOOL_CRD
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import finetune as render
@@ -186,7 +187,8 @@ def reconcile_finetune(
     job = ctx.kube.get("batch/v1", "Job", names.training_job_name(name), ns)
     desired = finetune_manifests(spec, name, ns, ctx.config, job)
     children = observe.FineTuneChildren()
-    children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
+    with CACHES.hold(ns):
+        children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
     children.served = _served_model(ctx, desired.served_model, body, job)
     _output_volume(ctx, desired.output_pvc, body, children.served)
     _owned(ctx, desired.rendezvous_service, body)

@@ -21,6 +21,7 @@ from alpaca_operator.kube import Kube
 from alpaca_operator.observe import model as observe
 from alpaca_operator.reconcile.apply import Applier, owner_reference
 from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_caches
+from alpaca_operator.reconcile.locks import CACHES
 from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, networkpolicy, rayservice
@@ -121,14 +122,20 @@ def _on_existing_gpu_nodes(spec: AlpacaModelSpec) -> bool:
 def _capacity(
     ctx: ModelContext,
     spec: AlpacaModelSpec,
-    desired: dict[str, Any] | None,
+    desired: ModelManifests,
     children: observe.ModelChildren,
 ) -> None:
-    if desired is not None and NODEPOOL_CRD in children.crds:
-        live = ctx.kube.get("karpenter.sh/v1", "NodePool", desired["metadata"]["name"])
-        children.nodepool = ctx.applier.ensure(desired, live)
+    pool = desired.nodepool
+    if pool is not None and NODEPOOL_CRD in children.crds:
+        live = ctx.kube.get("karpenter.sh/v1", "NodePool", pool["metadata"]["name"])
+        children.nodepool = ctx.applier.ensure(pool, live)
     elif _on_existing_gpu_nodes(spec):
-        children.nodes = ctx.kube.list("v1", "Node")
+        # only the nodes the selector matches (label values hold no commas): a copy of every
+        # node per pass was most of a pass's time on a cluster of 500 nodes
+        selector = desired.placement.node_selector
+        children.nodes = ctx.kube.list(
+            "v1", "Node", selector=",".join(f"{k}={v}" for k, v in selector.items()) or None
+        )
 
 
 def _weights(
@@ -137,9 +144,10 @@ def _weights(
     body: dict[str, Any],
     children: observe.ModelChildren,
 ) -> None:
-    children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
-    for adapter, cache in desired.adapter_caches.items():
-        children.adapter_caches[adapter] = ensure_cache(ctx.kube, ctx.applier, cache, body)
+    with CACHES.hold(body["metadata"]["namespace"]):
+        children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
+        for adapter, cache in desired.adapter_caches.items():
+            children.adapter_caches[adapter] = ensure_cache(ctx.kube, ctx.applier, cache, body)
 
 
 def _network_policy(ctx: ModelContext, desired: dict[str, Any], body: dict[str, Any]) -> None:
@@ -185,7 +193,7 @@ def reconcile_model(
     desired = model_manifests(spec, name, ns, ctx.config, ctx.application_for)
     place = desired.placement
     children = observe.ModelChildren(crds=_crds(ctx.kube, spec))
-    _capacity(ctx, spec, desired.nodepool, children)
+    _capacity(ctx, spec, desired, children)
     _weights(ctx, desired, body, children)
     _network_policy(ctx, desired.network_policy, body)
     _serving(ctx, desired, body, children)
@@ -193,7 +201,8 @@ def reconcile_model(
     keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
     live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)
     keep |= claim_names(live)  # serving switches to new weights only once they are filled
-    release_caches(ctx.kube, body, keep)
+    with CACHES.hold(ns):
+        release_caches(ctx.kube, body, keep)
     outcome = model_status(
         spec,
         generation,

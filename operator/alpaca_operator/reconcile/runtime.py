@@ -78,6 +78,10 @@ class Runtime:
     marks: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
     """Custom resources -> their spec mark as their watch events last showed it (not the
     store, which our own writes update first: a model a fine-tune creates must get a pass)."""
+    echoes: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    """Children whose watch event shows a version the store held already: the operator's own
+    write, whose answer the pass that wrote it has seen (apiVersion, kind, namespace, name,
+    resourceVersion). Their event wakes no one."""
     ready: bool = False
     clock: Callable[[], datetime.datetime] = utc_now
 
@@ -215,11 +219,35 @@ class Runtime:
             if nodepool_owner(pool["metadata"].get("labels") or {}) == key
         ]
 
+    @staticmethod
+    def _version_key(obj: dict[str, Any]) -> tuple[str, str, str, str, str]:
+        meta = obj["metadata"]
+        return (
+            obj["apiVersion"],
+            obj["kind"],
+            meta.get("namespace") or "",
+            meta["name"],
+            str(meta.get("resourceVersion") or ""),
+        )
+
+    def child_stored(self, obj: dict[str, Any]) -> None:
+        """A child as its watch shows it (kopf's index handler, before `child_event`): into the
+        store; remembered as an echo when the store held this version already."""
+        if not self.store.put(obj) and obj["metadata"].get("resourceVersion"):
+            self.echoes.add(self._version_key(obj))
+
     def child_event(self, event_type: str, obj: dict[str, Any]) -> None:
         """A child changed (the store has it already, from its index handler) or went: the
-        custom resources it belongs to recompute."""
+        custom resources it belongs to recompute. The echo of the operator's own write wakes
+        no one: the pass that wrote it saw the apiserver's answer (on a shared cache, ten
+        models each adding their owner reference made a hundred passes)."""
         meta = obj["metadata"]
         ns = meta.get("namespace")
+        version = self._version_key(obj)
+        if version in self.echoes:
+            self.echoes.discard(version)
+            if event_type != "DELETED":
+                return
         if event_type == "DELETED":
             self.store.discard(obj["apiVersion"], obj["kind"], meta["name"], ns)
         cache = (meta.get("labels") or {}).get(names.LABEL_CACHE)
