@@ -95,7 +95,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     metrics, store = Metrics(), Store(STORED)
-    client = kubernetes.client.ApiClient()
+    workers = int(memo.get("workers") or 4)
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    # a connection for every worker's pass (and room for the peering check): the client's
+    # default pool is five per CPU, so more workers would queue for a connection
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, workers + 2)
+    client = kubernetes.client.ApiClient(configuration)
     client.user_agent = f"alpaca-operator/{__version__}"  # how audit logs name our requests
     kube = CachedKube(
         Kube(
@@ -120,7 +125,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kube=kube,
         models=ModelContext(kube, applier, config, application_for),
         finetunes=FineTuneContext(kube, applier, config),
-        passes=Passes(lambda key: rt.run_pass(key), workers=int(memo.get("workers") or 4)),
+        passes=Passes(lambda key: rt.run_pass(key), workers=workers),
         namespaces=list(memo.get("namespaces") or []),
         peering=memo.get("peering"),
         priority=int(memo.get("priority") or 0),
