@@ -15,6 +15,7 @@ from kubernetes.client import ApiClient
 
 FIELD_MANAGER = "alpaca-operator"
 REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read: an apiserver that went away never hangs a pass
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ KINDS = {
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
+        Kind("v1", "Secret", "secrets"),
         Kind("v1", "Node", "nodes", namespaced=False),
         Kind("batch/v1", "Job", "jobs"),
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
@@ -111,10 +113,11 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         if self.on_request is not None:
             self.on_request(method, path)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         m, url, h, b, _ = self.api.param_serialize(
@@ -189,6 +192,21 @@ class Kube:
             if exc.not_found:
                 return None
             raise
+
+    def resource_version(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> str | None:
+        """An object's resourceVersion, None when it does not exist. Only its metadata is asked
+        for (PartialObjectMetadata): a Secret's data never reaches the operator."""
+        try:
+            meta = self._request(
+                "GET", KINDS[(api_version, kind)].path(namespace, name), accept=METADATA_ONLY
+            )
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return str((meta.get("metadata") or {}).get("resourceVersion") or "")
 
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None

@@ -1,7 +1,8 @@
 """The operator's permissions: the one source of the chart's ClusterRole.
 
 Exactly what the code uses, no wildcards (every kind the operator reads it watches: its passes
-read a watch-fed store, see store.py); tests/integration/test_chart.py runs the operator
+read a watch-fed store, see store.py; a failed fill's pods and its credentials Secret are read
+from the API, the Secret's metadata only); tests/integration/test_chart.py runs the operator
 with only these rules and compares them with the requests the apiserver's audit log saw.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-WATCH = ["list", "watch"]  # every read comes from a watch (get: the peering object only)
+WATCH = ["list", "watch"]  # reads come from watches (get: the peering object, fill Secrets)
 APPLY = ["create", "patch"]  # server-side apply may create
 
 RULES: list[dict[str, Any]] = [
@@ -48,6 +49,10 @@ RULES: list[dict[str, Any]] = [
         "verbs": [*WATCH, *APPLY, "delete"],
     },
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": [*WATCH, *APPLY]},
+    # The credentials Secret a fill Job names: its resourceVersion when the Job is made, and
+    # while the fill is failed, so a fixed Secret fills again (metadata only, never its data;
+    # not watched: one GET, with backoff, per failed fill).
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Failure messages of fill and training pods; GPU capacity of existing nodes (watched:
     # a node that comes, goes or changes its labels or GPUs wakes the models on existing nodes).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},

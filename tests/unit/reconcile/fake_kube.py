@@ -218,6 +218,12 @@ class FakeKube(Kube):
         obj = self.objects.get(_key(api_version, kind, name, namespace))
         return copy.deepcopy(obj) if obj is not None else None
 
+    def resource_version(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> str | None:
+        obj = self.objects.get(_key(api_version, kind, name, namespace))
+        return obj["metadata"]["resourceVersion"] if obj is not None else None
+
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[dict[str, Any]]:
