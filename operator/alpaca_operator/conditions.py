@@ -62,6 +62,10 @@ RECOVERING = "Recovering"  # the CLI's fill-phase: weight diff + base -> the mod
 VERIFYING = "Verifying"  # the CLI's fill-phase: writing the manifest
 CACHE_VERIFYING = "CacheVerifying"  # the fill Job completed; the PVC is being marked filled
 CACHE_FILLED = "CacheFilled"
+# filled, and its volume is not the size spec.weights.cache.size asks for (status True):
+CACHE_EXPANDING = "CacheExpanding"  # the PVC grows to the new size
+CACHE_EXPANSION_REFUSED = "CacheExpansionRefused"  # the apiserver refused to grow it
+CACHE_NOT_SHRUNK = "CacheNotShrunk"  # the size is smaller: a volume never shrinks, it stays
 FILL_FAILED = "FillFailed"  # the fill Job failed without one of the CLI's own reasons
 WEIGHTS_TIMEOUT = "WeightsTimeout"  # still not ready after the stage's deadline
 FILL_FAILURES = frozenset(weights_contract.REASONS)
@@ -140,6 +144,9 @@ _WEIGHTS_REASONS = (
             VERIFYING,
             CACHE_VERIFYING,
             CACHE_FILLED,
+            CACHE_EXPANDING,
+            CACHE_EXPANSION_REFUSED,
+            CACHE_NOT_SHRUNK,
             FILL_FAILED,
             WEIGHTS_TIMEOUT,
         }
@@ -211,7 +218,10 @@ FAILURE_REASONS = (
 TIMEOUT_REASONS = frozenset({CAPACITY_TIMEOUT, WEIGHTS_TIMEOUT, SERVING_TIMEOUT})
 """A stage waited longer than its deadline: a Warning Event; the phase stays."""
 
-WARNING_REASONS = FAILURE_REASONS | TIMEOUT_REASONS
+NOTICE_REASONS = frozenset({CACHE_EXPANSION_REFUSED})
+"""A stage that works, but not as the spec asks: a Warning Event; the phase stays."""
+
+WARNING_REASONS = FAILURE_REASONS | TIMEOUT_REASONS | NOTICE_REASONS
 
 
 @dataclass(frozen=True)

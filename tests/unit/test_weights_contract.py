@@ -54,16 +54,22 @@ def test_the_rendered_fill_job_is_one_the_cli_understands(where, spec):
     container = job["spec"]["template"]["spec"]["containers"][0]
     args = cli.parser().parse_args(container["args"])
     key = names.cache_name(spec)
-    # the key the CLI is told is the PVC's name, and the one it computes from the same identity
+    # the key the CLI is told is the PVC's name; with the default volume it is also the one the
+    # CLI computes from the same weights identity (another class or mode is another cache)
     assert args.key == key == job["metadata"]["labels"][names.LABEL_CACHE]
     recover = spec.recover
-    assert key == cache.cache_key(
+    from_weights = cache.cache_key(
         spec.source,
         spec.revision,
         recover.base if recover else None,
         recover.base_revision if recover else None,
         spec.convert_to_safetensors,
     )
+    default_volume = spec.cache.storage_class_name is None and (
+        spec.cache.access_mode == names.DEFAULT_ACCESS_MODE
+    )
+    assert (key == from_weights) == default_volume
+    assert key == contract.key_of(names.cache_identity(spec))
     assert job["metadata"]["name"] == contract.fill_job_name(key)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env[contract.JOB_ENV] == contract.fill_job_name(key)

@@ -101,7 +101,10 @@ def phase(spec: AlpacaFineTuneSpec, verdicts: dict[str, Verdict]) -> str:
 def verdicts(
     spec: AlpacaFineTuneSpec, children: FineTuneChildren, output: str
 ) -> dict[str, Verdict]:
-    out = {WEIGHTS: weights(spec.base_model, children.cache), TRAINING: training(spec, children)}
+    out = {
+        WEIGHTS: weights(spec.base_model, children.cache, "spec.baseModel"),
+        TRAINING: training(spec, children),
+    }
     done = _true(children.job, "Complete")
     out[SUCCEEDED] = (
         Verdict(

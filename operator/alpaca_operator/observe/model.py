@@ -20,7 +20,13 @@ from alpaca_operator.conditions import (
 from alpaca_operator.config import KUBERAY_NAMESPACE
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE
-from alpaca_operator.render.weights import FILL_RETRIES, FILLED_ANNOTATION
+from alpaca_operator.render.weights import (
+    FILL_RETRIES,
+    FILLED_ANNOTATION,
+    GROW_REFUSED_ANNOTATION,
+    GROW_REFUSED_MESSAGE_ANNOTATION,
+    storage_bytes,
+)
 from alpaca_weights import contract
 
 KUBERAY_INSTALL = (
@@ -186,15 +192,61 @@ def _job_failure(message: str | None) -> tuple[str, str]:
     return cond.FILL_FAILED, (message or "the fill Job failed; see its pod logs").strip()
 
 
-def weights(spec: Weights, state: CacheState) -> Verdict:
-    """The weights stage of anything that uses a cache (a model, a fine-tune's base)."""
+def _at(pvc: dict[str, Any], *path: str) -> str | None:
+    value: Any = pvc
+    for key in path:
+        value = (value or {}).get(key)
+    return str(value) if value is not None else None
+
+
+def _filled(spec: Weights, pvc: dict[str, Any], cache: str, field: str) -> Verdict:
+    """A filled cache, and whether its volume is the size the spec asks for."""
+    done = f"Weights cache {cache} is filled from {spec.source}."
+    want = spec.cache.size
+    have = _at(pvc, "spec", "resources", "requests", "storage")
+    if have is None:
+        return Verdict("True", cond.CACHE_FILLED, done)
+    size = f"{field}.cache.size"
+    if storage_bytes(want) > storage_bytes(have):
+        annotations = pvc["metadata"].get("annotations") or {}
+        refused = annotations.get(GROW_REFUSED_ANNOTATION)
+        if refused is not None and storage_bytes(want) <= storage_bytes(refused):
+            why = annotations.get(GROW_REFUSED_MESSAGE_ANNOTATION, "")
+            return Verdict(
+                "True",
+                cond.CACHE_EXPANSION_REFUSED,
+                f"{done} It stays {have}: growing it to {want} ({size}) was refused ({why}); "
+                f"it is used as it is. Set {size} back to {have}, or allow volume expansion on "
+                f"its StorageClass and remove the PVC's {GROW_REFUSED_ANNOTATION} annotation.",
+            )
+        return Verdict(
+            "True",
+            cond.CACHE_EXPANDING,
+            f"{done} It grows from {have} to {want} ({size}) once its volume is bound.",
+        )
+    if storage_bytes(want) < storage_bytes(have):
+        return Verdict(
+            "True",
+            cond.CACHE_NOT_SHRUNK,
+            f"{done} It stays {have}, larger than {size} ({want}): a volume never shrinks "
+            "(or another user of the cache asked for more).",
+        )
+    capacity = _at(pvc, "status", "capacity", "storage")
+    if capacity is not None and storage_bytes(capacity) < storage_bytes(have):
+        return Verdict(
+            "True", cond.CACHE_EXPANDING, f"{done} Its volume grows from {capacity} to {have}."
+        )
+    return Verdict("True", cond.CACHE_FILLED, done)
+
+
+def weights(spec: Weights, state: CacheState, field: str = "spec.weights") -> Verdict:
+    """The weights stage of anything that uses a cache (a model, a fine-tune's base; `field`:
+    where the spec's weights are)."""
     cache = names.cache_name(spec)
     if state.pvc is None:
         return Verdict("False", cond.CACHE_CREATING, f"Creating the weights cache volume {cache}.")
     if state.filled:
-        return Verdict(
-            "True", cond.CACHE_FILLED, f"Weights cache {cache} is filled from {spec.source}."
-        )
+        return _filled(spec, state.pvc, cache, field)
     job = state.fill_job
     if job is None:
         return Verdict("False", cond.FILL_PENDING, f"Starting the Job that fills {cache}.")
@@ -249,7 +301,7 @@ def model_weights(spec: AlpacaModelSpec, children: ModelChildren) -> Verdict:
             return Verdict(one.status, one.reason, f"Adapter {adapter.name}: {one.message}")
     if spec.adapters:
         names_ = ", ".join(a.name for a in spec.adapters)
-        return Verdict("True", cond.CACHE_FILLED, f"{verdict.message} Adapters filled: {names_}.")
+        return Verdict("True", verdict.reason, f"{verdict.message} Adapters filled: {names_}.")
     return verdict
 
 

@@ -6,17 +6,23 @@ same owners, not the PVC: a PVC is not deleted while any pod scheduled with it e
 pvc-protection finalizer; a Completed pod counts), so a Job owned by its PVC would wait for the
 PVC and the PVC for the Job's pod until the Job's TTL. Its ServiceAccount and Role are the
 PVC's.
+
+A PVC's storage class and access modes never change (another class or mode names another
+cache, `names.cache_identity`); its size only grows, where the StorageClass allows it. (decision 36)
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from alpaca_operator.kube import Kube
+from alpaca_operator.kube import ApiError, Kube
 from alpaca_operator.observe.model import CacheState, condition_of
 from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
 from alpaca_operator.render import names, weights
-from alpaca_operator.render.weights import CacheManifests
+from alpaca_operator.render.weights import CacheManifests, storage_bytes
+
+REFUSED_MESSAGE_LIMIT = 500
 
 
 def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
@@ -29,6 +35,82 @@ def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
             if terminated.get("message"):
                 return str(terminated["message"]).strip()
     return None
+
+
+def _requested(pvc: dict[str, Any] | None) -> str | None:
+    """The storage a PVC asks for."""
+    value = ((pvc or {}).get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
+    return str(value) if value is not None else None
+
+
+def _annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def _settle_volume(desired: dict[str, Any], live: dict[str, Any] | None) -> str | None:
+    """Make the desired PVC one the apiserver takes over `live`: its storage class and access
+    modes as it was made (immutable), its size never smaller (a volume does not shrink), a
+    growth the apiserver refused not asked for again. The size to grow it to in this pass,
+    if any: only a bound claim can grow (its binding wakes the cache's users). A PVC of the
+    cache's name that the operator did not make is not taken over (the apply is refused)."""
+    cache = desired["metadata"]["name"]
+    if live is None or (live["metadata"].get("labels") or {}).get(names.LABEL_CACHE) != cache:
+        return None
+    spec, made = desired["spec"], live.get("spec") or {}
+    for field in ("storageClassName", "accessModes"):
+        if field in made:
+            spec[field] = made[field]
+        else:
+            spec.pop(field, None)
+    have = _requested(live)
+    if have is None:
+        return None
+    requests = spec["resources"]["requests"]
+    want = str(requests["storage"])
+    requests["storage"] = have
+    live_annotations = _annotations(live)
+    refused = live_annotations.get(weights.GROW_REFUSED_ANNOTATION)
+    if refused is not None and storage_bytes(refused) > storage_bytes(have):
+        # every user keeps the record (one without it would drop it, and the next ask again)
+        desired["metadata"]["annotations"] |= {
+            weights.GROW_REFUSED_ANNOTATION: refused,
+            weights.GROW_REFUSED_MESSAGE_ANNOTATION: live_annotations.get(
+                weights.GROW_REFUSED_MESSAGE_ANNOTATION, ""
+            ),
+        }
+    else:
+        refused = None
+    if storage_bytes(want) <= storage_bytes(have):
+        return None
+    if refused is not None and storage_bytes(want) <= storage_bytes(refused):
+        return None
+    if (live.get("status") or {}).get("phase") != "Bound":
+        return None
+    return want
+
+
+def _apply_volume(
+    applier: Applier, desired: dict[str, Any], live: dict[str, Any] | None, grow: str | None
+) -> dict[str, Any]:
+    """Apply the PVC, grown to `grow` if given. A growth the apiserver refuses (its
+    StorageClass cannot expand volumes) is recorded on the PVC, which stays as it is."""
+    if grow is None:
+        return applier.ensure(desired, live)
+    attempt = copy.deepcopy(desired)
+    attempt["spec"]["resources"]["requests"]["storage"] = grow
+    for key in (weights.GROW_REFUSED_ANNOTATION, weights.GROW_REFUSED_MESSAGE_ANNOTATION):
+        attempt["metadata"]["annotations"].pop(key, None)
+    try:
+        return applier.ensure(attempt, live)
+    except ApiError as exc:
+        if exc.status not in (403, 422):
+            raise
+        said = str(exc.body.get("message") or exc)[:REFUSED_MESSAGE_LIMIT]
+        desired["metadata"]["annotations"] |= {
+            weights.GROW_REFUSED_ANNOTATION: grow,
+            weights.GROW_REFUSED_MESSAGE_ANNOTATION: said,
+        }
+        return applier.ensure(desired, live)
 
 
 def ensure_cache(
@@ -50,7 +132,8 @@ def ensure_cache(
         complete = condition_of(job, "Complete")
         if complete and complete.get("status") == "True":
             annotations[weights.FILLED_ANNOTATION] = "true"
-    state.pvc = applier.ensure(desired_pvc, live_pvc)
+    grow = _settle_volume(desired_pvc, live_pvc)
+    state.pvc = _apply_volume(applier, desired_pvc, live_pvc, grow)
     if state.filled:
         return state
     owned = [owner_reference(state.pvc, controller=True, block=False)]  # nothing to wait for

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alpaca_operator.api.weights import Weights
+from alpaca_operator.api.weights import Volume, Weights
 from alpaca_weights import contract
 
 PART_OF = "alpaca-operator"
@@ -19,6 +19,7 @@ OURS = {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": PA
 LABEL_OWNER_KIND = "alpaca.dev/owner-kind"
 LABEL_OWNER_NAMESPACE = "alpaca.dev/owner-namespace"
 LABEL_OWNER_NAME = "alpaca.dev/owner-name"
+DEFAULT_ACCESS_MODE = Volume.model_fields["access_mode"].default
 
 
 def weights_identity(weights: Weights) -> dict[str, object]:
@@ -34,12 +35,26 @@ def weights_identity(weights: Weights) -> dict[str, object]:
     )
 
 
+def cache_identity(weights: Weights) -> dict[str, object]:
+    """What names a cache: the weights identity, plus the volume's storage class and access
+    mode where the user chose other than the defaults (a PVC cannot change either, so another
+    class or mode is another cache; with the defaults the identity, and so the name, is the one
+    caches had before the volume counted: decision 36)."""
+    ident = weights_identity(weights)
+    volume = weights.cache
+    if volume.storage_class_name is not None:
+        ident["storageClassName"] = volume.storage_class_name
+    if volume.access_mode != DEFAULT_ACCESS_MODE:
+        ident["accessMode"] = volume.access_mode
+    return ident
+
+
 def cache_name(weights: Weights) -> str:
     """The cache PVC's name: a readable stem from the source plus a hash of the identity.
 
     Stable across operator restarts and releases; `weights-alpaca-7b-wdiff-1a2b3c4d5e`.
     """
-    return contract.key_of(weights_identity(weights))
+    return contract.key_of(cache_identity(weights))
 
 
 fill_job_name = contract.fill_job_name

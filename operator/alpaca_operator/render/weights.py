@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
@@ -13,6 +16,17 @@ from alpaca_weights import contract
 CACHE_MOUNT = "/cache"
 FILLED_ANNOTATION = "alpaca.dev/filled"
 FILL_RETRIES = 4  # downloads resume, so a retry continues where the last one stopped
+
+# On the cache PVC.
+GROW_REFUSED_ANNOTATION = "alpaca.dev/grow-refused"
+GROW_REFUSED_MESSAGE_ANNOTATION = "alpaca.dev/grow-refused-message"
+"""The size the apiserver refused to grow the PVC to, and its words: no user asks for that size,
+or a smaller one, again (remove the annotation to try again, e.g. after allowing expansion)."""
+
+
+def storage_bytes(quantity: str | int) -> Decimal:
+    """A storage quantity (`50Gi`, `1.5T`) in bytes, to compare sizes written differently."""
+    return Decimal(parse_quantity(quantity))
 
 
 def cache_pvc(weights: Weights, namespace: str) -> dict[str, Any]:
