@@ -261,6 +261,7 @@ def run_design(
                 "run",
                 "--standalone",
                 "--metrics-port=0",
+                *([f"--workers={args.workers}"] if args.workers and label == "new" else []),
             ],
             env=env,
             stdout=log,
@@ -360,6 +361,9 @@ def main() -> int:
     parser.add_argument("--churn", type=int, default=30)
     parser.add_argument("--settle-timeout", type=float, default=900)
     parser.add_argument("--apply-streams", type=int, default=4, help="parallel kubectl applies")
+    parser.add_argument(
+        "--workers", type=int, help="the operator's --workers (its default if unset)"
+    )
     parser.add_argument(
         "--quiet-timeout", type=float, default=180, help="inf in the table: never quiet so long"
     )
