@@ -1,9 +1,10 @@
-"""Changing a cache's size, storage class or access mode on the real apiserver (its PVC
-validation and PersistentVolumeClaimResize admission, StorageClasses with and without
-allowVolumeExpansion): no pass is refused, nothing loops (decision 36).
+"""Changing a cache's size, storage class or access mode, and a failed fill, on the real
+apiserver (its PVC validation and PersistentVolumeClaimResize admission, StorageClasses with
+and without allowVolumeExpansion): no pass is refused, nothing loops (decision 36).
 
 Every one of these failed before: each pass re-applied the whole PVC spec and got a 422 (an
-immutable class or mode, a smaller size) or a 403 (a class that cannot expand), forever.
+immutable class or mode, a smaller size) or a 403 (a class that cannot expand), forever; a
+failed fill Job was deleted by its TTL and made again every hour.
 
 Child statuses (PVC binding, Job outcome) are patched by the test as their controllers would.
 """
@@ -31,6 +32,7 @@ from alpaca_operator.render import names, weights
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
+TS = "2026-11-24T12:00:00Z"
 
 
 @pytest.fixture
@@ -98,6 +100,18 @@ def _bind(cp, ns: str, cache: str, capacity: str) -> None:
     """What the PV controller (and, after a growth, the resizer) reports."""
     status = {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": capacity}}
     cp.patch_status("pvc", cache, status, ns)
+
+
+def _fail(cp, ns: str, job: str) -> None:
+    """What the Job controller reports when the podFailurePolicy failed the Job."""
+    condition = {"status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": TS}
+    condition["lastProbeTime"] = TS
+    status = {
+        "failed": 1,
+        "startTime": TS,
+        "conditions": [{"type": "FailureTarget", **condition}, {"type": "Failed", **condition}],
+    }
+    cp.patch_status("job", job, status, ns)
 
 
 def _filled(ctx, cp, ns: str, doc: dict[str, Any]) -> str:
@@ -198,3 +212,63 @@ def test_two_classes_two_caches_one_class_one_cache(control_plane, ctx, namespac
     assert sorted(pvcs) == sorted(_cache(_doc(storageClassName=classes[c])) for c in classes)
     shared = pvcs[_cache(_doc(storageClassName=classes["fixed"]))]
     assert sorted(r["name"] for r in shared["metadata"]["ownerReferences"]) == ["a", "b"]
+
+
+def test_a_failed_fill_stays_failed_until_its_secret_changes_or_a_retry(
+    control_plane, ctx, namespace
+):
+    cp, ns = control_plane, namespace
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf"},
+        "stringData": {"HF_TOKEN": "wrong"},
+    }
+    _create(cp, ns, secret)
+    doc = _doc()
+    doc["spec"]["weights"]["credentialsSecret"] = "hf"
+    _create(cp, ns, doc)
+    cache = _cache(doc)
+    job = names.fill_job_name(cache)
+    _pass(ctx, cp, ns)
+    made = cp.get_json("job", job, ns)
+    version = cp.get_json("secret", "hf", ns)["metadata"]["resourceVersion"]
+    assert made["metadata"]["annotations"][weights.SECRET_VERSION_ANNOTATION] == version
+    assert made["spec"]["ttlSecondsAfterFinished"] == 3600
+
+    _fail(cp, ns, job)
+    obj = _pass(ctx, cp, ns)
+    assert obj["status"]["phase"] == "Failed"
+    assert _weights(obj)["reason"] == "FillFailed"
+    assert "Secret hf changes" in _weights(obj)["message"]
+    # kept: its TTL would have deleted it in an hour and the next pass made another
+    assert "ttlSecondsAfterFinished" not in cp.get_json("job", job, ns)["spec"]
+    assert obj["requeue_at"] == NOW + datetime.timedelta(seconds=30)  # the Secret, again
+    before = ctx.kube.writes
+    later = _pass(ctx, cp, ns, NOW + datetime.timedelta(hours=2))
+    assert ctx.kube.writes == before
+    assert later["status"] == obj["status"]
+    uid = cp.get_json("job", job, ns)["metadata"]["uid"]
+
+    secret["stringData"]["HF_TOKEN"] = "right"  # fixed
+    _create(cp, ns, secret)
+    obj = _pass(ctx, cp, ns, NOW + datetime.timedelta(hours=2))
+    assert cp.get_json("job", job, ns) is None
+    assert "Secret hf changed" in _weights(obj)["message"]
+    _pass(ctx, cp, ns)
+    fresh = cp.get_json("job", job, ns)
+    assert fresh["metadata"]["uid"] != uid
+    assert fresh["metadata"]["annotations"][weights.SECRET_VERSION_ANNOTATION] != version
+    before = ctx.kube.writes
+    _pass(ctx, cp, ns)
+    assert ctx.kube.writes == before  # once
+
+    _fail(cp, ns, job)
+    _pass(ctx, cp, ns)
+    uid = cp.get_json("job", job, ns)["metadata"]["uid"]
+    annotate = f"{weights.RETRY_ANNOTATION}=1"
+    cp.kubectl_run("annotate", "-n", ns, "pvc", cache, annotate, "--overwrite")
+    _pass(ctx, cp, ns)
+    assert cp.get_json("job", job, ns) is None
+    _pass(ctx, cp, ns)
+    assert cp.get_json("job", job, ns)["metadata"]["uid"] != uid

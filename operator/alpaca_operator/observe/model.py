@@ -25,6 +25,7 @@ from alpaca_operator.render.weights import (
     FILLED_ANNOTATION,
     GROW_REFUSED_ANNOTATION,
     GROW_REFUSED_MESSAGE_ANNOTATION,
+    RETRY_ANNOTATION,
     storage_bytes,
 )
 from alpaca_weights import contract
@@ -47,6 +48,12 @@ DEADLINES = {
 }
 
 
+# A failed fill whose Job names a credentials Secret looks at the Secret again after 30 s,
+# then twice as long each time, at most every 10 minutes (the Secret is not watched).
+SECRET_RECHECK_FIRST = datetime.timedelta(seconds=30)
+SECRET_RECHECK_MAX = datetime.timedelta(minutes=10)
+
+
 @dataclass
 class CacheState:
     """A weights cache as seen in one pass: its PVC, its fill Job, why the fill failed."""
@@ -54,6 +61,10 @@ class CacheState:
     pvc: dict[str, Any] | None = None
     fill_job: dict[str, Any] | None = None
     fill_pod_message: str | None = None
+    retry: str | None = None
+    """Why a failed fill runs again (its Job was deleted in this pass; the next makes a new one)."""
+    credentials_secret: str | None = None
+    """The Secret a failed fill's Job names: looked at again with backoff, a change fills again."""
 
     @property
     def filled(self) -> bool:
@@ -239,6 +250,15 @@ def _filled(spec: Weights, pvc: dict[str, Any], cache: str, field: str) -> Verdi
     return Verdict("True", cond.CACHE_FILLED, done)
 
 
+def _fill_again(spec: Weights, cache: str, field: str) -> str:
+    """What fills a cache whose fill failed once more (other weights are another cache)."""
+    secret = f"Secret {spec.credentials_secret} changes, " if spec.credentials_secret else ""
+    return (
+        f"It is filled again when {secret}the cache grows ({field}.cache.size), or on "
+        f"`kubectl annotate pvc {cache} {RETRY_ANNOTATION}=<a new value> --overwrite`."
+    )
+
+
 def weights(spec: Weights, state: CacheState, field: str = "spec.weights") -> Verdict:
     """The weights stage of anything that uses a cache (a model, a fine-tune's base; `field`:
     where the spec's weights are)."""
@@ -249,12 +269,17 @@ def weights(spec: Weights, state: CacheState, field: str = "spec.weights") -> Ve
         return _filled(spec, state.pvc, cache, field)
     job = state.fill_job
     if job is None:
+        if state.retry:
+            return Verdict("False", cond.FILL_PENDING, f"Filling {cache} again: {state.retry}.")
         return Verdict("False", cond.FILL_PENDING, f"Starting the Job that fills {cache}.")
     status = job.get("status", {})
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":
         reason, text = _job_failure(state.fill_pod_message)
-        return Verdict("False", reason, f"Filling {cache} failed: {text}")
+        text = text[:-1] if text.endswith(".") else text
+        return Verdict(
+            "False", reason, f"Filling {cache} failed: {text}. {_fill_again(spec, cache, field)}"
+        )
     complete = condition_of(job, "Complete")
     if complete and complete.get("status") == "True":
         return Verdict(
@@ -441,6 +466,36 @@ def next_deadline(
         if start is not None and start + limit >= now:
             ahead.append(start + limit + datetime.timedelta(seconds=1))
     return min(ahead, default=None)
+
+
+def _failed_at(job: dict[str, Any] | None) -> datetime.datetime | None:
+    failed = condition_of(job, "Failed")
+    if not failed or failed.get("status") != "True":
+        return None
+    return _parse_time(failed.get("lastTransitionTime"))
+
+
+def secret_recheck(caches: list[CacheState], now: datetime.datetime) -> datetime.datetime | None:
+    """When a failed fill's credentials Secret is next looked at: 30 s after the failure, then
+    twice as long each time up to every 10 minutes (a pure function of the failure's time, so
+    every pass agrees). None when no failed fill waits on a Secret."""
+    ahead = []
+    for state in caches:
+        start = _failed_at(state.fill_job) if state.credentials_secret else None
+        if start is None:
+            continue
+        step, at = SECRET_RECHECK_FIRST, start + SECRET_RECHECK_FIRST
+        while at <= now and step < SECRET_RECHECK_MAX:
+            step = min(step * 2, SECRET_RECHECK_MAX)
+            at += step
+        if at <= now:
+            at += SECRET_RECHECK_MAX * ((now - at) // SECRET_RECHECK_MAX + 1)
+        ahead.append(at)
+    return min(ahead, default=None)
+
+
+def earliest(*times: datetime.datetime | None) -> datetime.datetime | None:
+    return min((t for t in times if t is not None), default=None)
 
 
 def stages(

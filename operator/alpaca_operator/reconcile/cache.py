@@ -8,7 +8,8 @@ PVC and the PVC for the Job's pod until the Job's TTL. Its ServiceAccount and Ro
 PVC's.
 
 A PVC's storage class and access modes never change (another class or mode names another
-cache, `names.cache_identity`); its size only grows, where the StorageClass allows it. (decision 36)
+cache, `names.cache_identity`); its size only grows, where the StorageClass allows it. A failed
+fill stays failed until something that could change its outcome changes (decision 36).
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ REFUSED_MESSAGE_LIMIT = 500
 
 
 def termination_message(kube: Kube, job: dict[str, Any]) -> str | None:
-    """The newest termination message among a Job's pods (the weights CLI writes its reason there)."""
+    """The newest termination message among a Job's pods (the weights CLI writes its reason
+    there); pods of an earlier Job of the same name (a fill made again) are not its."""
     meta = job["metadata"]
     pods = kube.list("v1", "Pod", meta["namespace"], selector=f"job-name={meta['name']}")
+    uid = meta.get("uid")
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        refs = pod["metadata"].get("ownerReferences") or []
+        if uid and refs and uid not in {r.get("uid") for r in refs}:
+            continue
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
             if terminated.get("message"):
@@ -113,6 +119,88 @@ def _apply_volume(
         return applier.ensure(desired, live)
 
 
+def _secret_of(job: dict[str, Any]) -> str | None:
+    """The credentials Secret a fill Job's container takes its environment from."""
+    for container in job["spec"]["template"]["spec"].get("containers") or []:
+        for source in container.get("envFrom") or []:
+            if name := (source.get("secretRef") or {}).get("name"):
+                return str(name)
+    return None
+
+
+def _secret_version(kube: Kube, secret: str, namespace: str) -> str:
+    return kube.resource_version("v1", "Secret", secret, namespace) or ""
+
+
+def _made_under(
+    kube: Kube, desired: CacheManifests, pvc: dict[str, Any], namespace: str
+) -> dict[str, str]:
+    """What a new fill Job's outcome depends on, to be compared when it fails: the cache's
+    size, the credentials Secret's version, the retry the PVC asked for."""
+    made = {weights.SIZE_ANNOTATION: _requested(pvc) or ""}
+    if token := _annotations(pvc).get(weights.RETRY_ANNOTATION):
+        made[weights.RETRY_ANNOTATION] = token
+    if desired.credentials_secret:
+        made[weights.SECRET_VERSION_ANNOTATION] = _secret_version(
+            kube, desired.credentials_secret, namespace
+        )
+    return made
+
+
+def _why_again(
+    made: dict[str, str], secret: str | None, version: str | None, pvc: dict[str, Any]
+) -> str | None:
+    """Why a failed fill should run again: what it was made under changed."""
+    recorded = made.get(weights.SECRET_VERSION_ANNOTATION)
+    if secret is not None and recorded is not None and recorded != version:
+        return f"Secret {secret} changed"
+    size, was = _requested(pvc), made.get(weights.SIZE_ANNOTATION)
+    if size and was and storage_bytes(size) > storage_bytes(was):
+        return f"the cache grew from {was} to {size}"
+    token = _annotations(pvc).get(weights.RETRY_ANNOTATION)
+    if token and token != made.get(weights.RETRY_ANNOTATION):
+        return f"{weights.RETRY_ANNOTATION}={token} on PVC {pvc['metadata']['name']}"
+    return None
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _failed_fill(
+    kube: Kube, job: dict[str, Any], pvc: dict[str, Any], state: CacheState
+) -> dict[str, Any] | None:
+    """A failed fill Job stays (its TTL removed), so the failure stays on the status, until
+    what it was made under changes: then it is deleted (None), and the next pass (its deletion
+    wakes the cache's users) makes a fresh one, once. A Job made before these were recorded
+    gets them now."""
+    meta = job["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    made = _annotations(job)
+    secret = _secret_of(job)
+    version = _secret_version(kube, secret, ns) if secret else None
+    if why := _why_again(made, secret, version, pvc):
+        kube.delete("batch/v1", "Job", name, ns)
+        state.retry = why
+        return None
+    state.credentials_secret = secret
+    ops: list[dict[str, Any]] = []
+    if "ttlSecondsAfterFinished" in job["spec"]:
+        ops.append({"op": "remove", "path": "/spec/ttlSecondsAfterFinished"})
+    record = {weights.SIZE_ANNOTATION: _requested(pvc) or ""}
+    if secret is not None:
+        record[weights.SECRET_VERSION_ANNOTATION] = version or ""
+    missing = {k: v for k, v in record.items() if k not in made}
+    if missing and not meta.get("annotations"):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": missing})
+    elif missing:
+        ops += [
+            {"op": "add", "path": "/metadata/annotations/" + _pointer(k), "value": v}
+            for k, v in missing.items()
+        ]
+    return kube.json_patch("batch/v1", "Job", name, ns, ops) if ops else job
+
+
 def ensure_cache(
     kube: Kube, applier: Applier, desired: CacheManifests, user: dict[str, Any]
 ) -> CacheState:
@@ -145,12 +233,18 @@ def ensure_cache(
     if job is None:
         desired_job = desired.fill_job
         desired_job["metadata"]["ownerReferences"] = owners
+        desired_job["metadata"]["annotations"] = _made_under(kube, desired, state.pvc, ns)
         job = applier.ensure(desired_job, None)
     elif job["metadata"].get("ownerReferences") != owners:
         # a new user: only the owners change (a Job's template is immutable, and a newer
         # operator's image must not be applied to a running fill)
         op = {"op": "add", "path": "/metadata/ownerReferences", "value": owners}
         job = kube.json_patch("batch/v1", "Job", job["metadata"]["name"], ns, [op])
+    failed = condition_of(job, "Failed")
+    if failed and failed.get("status") == "True":
+        job = _failed_fill(kube, job, state.pvc, state)
+        if job is None:
+            return state
     state.fill_job = job
     if (job.get("status") or {}).get("failed"):  # the Job failed, or an attempt did
         state.fill_pod_message = termination_message(kube, job)

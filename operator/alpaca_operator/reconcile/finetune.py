@@ -14,7 +14,7 @@ from alpaca_operator.api.finetune import KIND, AlpacaFineTuneSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe import finetune as observe
-from alpaca_operator.observe.model import condition_of
+from alpaca_operator.observe.model import condition_of, secret_recheck
 from alpaca_operator.reconcile.apply import Applier, owner_reference, shared_owners
 from alpaca_operator.reconcile.cache import ensure_cache, termination_message
 from alpaca_operator.reconcile.locks import CACHES
@@ -234,7 +234,11 @@ def finetune_status(
     }
     if verdicts[observe.SUCCEEDED].ok:
         status["output"] = output
-    return Outcome(status=status, events=transition_events(previous, conditions))
+    return Outcome(
+        status=status,
+        events=transition_events(previous, conditions),
+        requeue_at=secret_recheck([children.cache], now),
+    )
 
 
 def run_finetune(ctx: FineTuneContext, body: dict[str, Any], now: datetime.datetime) -> Outcome:

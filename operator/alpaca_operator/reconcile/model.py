@@ -265,7 +265,10 @@ def model_status(
     return Outcome(
         status=new_status,
         events=events,
-        requeue_at=observe.next_deadline(stages, conditions, now),
+        requeue_at=observe.earliest(
+            observe.next_deadline(stages, conditions, now),
+            observe.secret_recheck([children.cache, *children.adapter_caches.values()], now),
+        ),
     )
 
 

@@ -16,12 +16,25 @@ from alpaca_weights import contract
 CACHE_MOUNT = "/cache"
 FILLED_ANNOTATION = "alpaca.dev/filled"
 FILL_RETRIES = 4  # downloads resume, so a retry continues where the last one stopped
+FILL_TTL = 3600
+"""Seconds a finished fill Job stays: a Complete one is not needed once the PVC says filled; a
+Failed one is kept by the operator, which removes this from it (reconcile/cache.py), until
+something that could change its outcome changes."""
 
 # On the cache PVC.
+RETRY_ANNOTATION = "alpaca.dev/retry-fill"
+"""A user's request to fill a cache whose fill failed once more: any new value (the fill Job
+records the value it was made under, so each value retries once)."""
 GROW_REFUSED_ANNOTATION = "alpaca.dev/grow-refused"
 GROW_REFUSED_MESSAGE_ANNOTATION = "alpaca.dev/grow-refused-message"
 """The size the apiserver refused to grow the PVC to, and its words: no user asks for that size,
 or a smaller one, again (remove the annotation to try again, e.g. after allowing expansion)."""
+
+# On the fill Job: what its outcome depended on when it was made.
+SECRET_VERSION_ANNOTATION = "alpaca.dev/credentials-version"
+"""The credentials Secret's resourceVersion ("" when it did not exist)."""
+SIZE_ANNOTATION = "alpaca.dev/cache-size"
+"""The cache's requested size."""
 
 
 def storage_bytes(quantity: str | int) -> Decimal:
@@ -173,7 +186,7 @@ def fill_job(weights: Weights, namespace: str, image: str) -> dict[str, Any]:
         },
         "spec": {
             "backoffLimit": FILL_RETRIES,
-            "ttlSecondsAfterFinished": 3600,
+            "ttlSecondsAfterFinished": FILL_TTL,
             # A failure the CLI knows a retry cannot fix (checksum, auth, not found) ends the Job.
             "podFailurePolicy": {
                 "rules": [
@@ -210,6 +223,8 @@ class CacheManifests:
     pvc: dict[str, Any]
     rbac: list[dict[str, Any]]
     fill_job: dict[str, Any]
+    credentials_secret: str | None = None
+    """The Secret the fill Job takes its environment from."""
 
     def all(self) -> list[dict[str, Any]]:
         return [self.pvc, *self.rbac, self.fill_job]
@@ -221,4 +236,5 @@ def cache_manifests(weights: Weights, namespace: str, image: str) -> CacheManife
         pvc=cache_pvc(weights, namespace),
         rbac=fill_rbac(names.cache_name(weights), namespace),
         fill_job=fill_job(weights, namespace, image),
+        credentials_secret=weights.credentials_secret,
     )

@@ -255,7 +255,7 @@ def test_a_failed_fill_is_a_failure_and_keeps_what_the_pod_said():
         fill_pod_message="INFO: loading shard 3",
     )
     v = observe.weights(SPEC.weights, state)
-    assert v.message.endswith("failed: INFO: loading shard 3")
+    assert "failed: INFO: loading shard 3. It is filled again when " in v.message
     assert v.reason in cond.FAILURE_REASONS
     empty = observe.CacheState(pvc={"metadata": {}}, fill_job=_job({}, {}, "Failed"))
     assert "see its pod logs" in observe.weights(SPEC.weights, empty).message

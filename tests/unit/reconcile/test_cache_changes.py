@@ -1,5 +1,6 @@
 """Changes to a cache that a PVC cannot take as they are (decision 36): a new size is grown or
-kept, never shrunk; another storage class or access mode is another cache.
+kept, never shrunk; another storage class or access mode is another cache; a failed fill stays
+failed until what it was made under changes, then runs once more.
 
 The fake here plays the apiserver's rules for PVCs (spec immutable but for growing a bound
 claim; the PersistentVolumeClaimResize admission plugin) so that a pass that would send a
@@ -8,6 +9,7 @@ refused write fails the test instead of passing on the fake."""
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from alpaca_operator import conditions as cond
 from alpaca_operator.api import AlpacaModelSpec
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.kube import ApiError
+from alpaca_operator.observe import model as observe
 from alpaca_operator.reconcile.apply import Applier
 from alpaca_operator.reconcile.cache import ensure_cache
 from alpaca_operator.render import names, weights
@@ -27,13 +30,18 @@ from .fake_kube import FakeKube, Write
 from .support import (
     ALL_CRDS,
     API,
+    NOW,
     NS,
+    TS,
     complete_job,
     create,
     example,
+    fail_job,
     model_context,
     model_pass,
     rayservice_ready,
+    reasons,
+    terminated_pod,
 )
 
 IMAGE = "alpaca-weights:test"
@@ -325,3 +333,179 @@ def test_a_pvc_of_the_caches_name_made_by_hand_is_not_taken_over():
     with pytest.raises(ApiError) as refused:
         ensure_cache(kube, Applier(kube), cache_manifests(spec, NS, IMAGE), user)
     assert refused.value.status == 422
+
+
+# --- a failed fill --------------------------------------------------------------------
+
+
+def _secret(kube: FakeKube, name: str, token: str) -> None:
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS},
+            "stringData": {"HF_TOKEN": token},
+        }
+    )
+
+
+def _failing(kube: FakeKube, secret: str | None = None) -> tuple[str, str]:
+    """A model whose fill failed (Unauthorized): its cache and fill Job names."""
+    doc = example("alpaca-local.yaml")
+    if secret:
+        doc["spec"]["weights"]["credentialsSecret"] = secret
+    create(kube, doc, "smollm2")
+    cache = _cache(doc)
+    job = names.fill_job_name(cache)
+    model_pass(model_context(kube), "smollm2")
+    kube.objects[("batch/v1", "Job", NS, job)]["metadata"]["uid"] = "job-1"
+    terminated_pod(kube, job, f"{job}-a", "Unauthorized: the source refused the token")
+    fail_job(kube, job, "PodFailurePolicy")
+    return cache, job
+
+
+def test_a_failed_fill_stays_failed_and_keeps_its_job():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    cache, job = _failing(kube)
+    assert kube.stored("batch/v1", "Job", job, NS)["spec"]["ttlSecondsAfterFinished"] == 3600
+    obj, outcome = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == "Unauthorized"
+    assert f"kubectl annotate pvc {cache} alpaca.dev/retry-fill=" in _weights(obj)["message"]
+    # the TTL would delete it in an hour, and the next pass would make another: no more
+    assert "ttlSecondsAfterFinished" not in kube.stored("batch/v1", "Job", job, NS)["spec"]
+    assert outcome.requeue_at is None  # no Secret to look at: nothing to wait for
+    writes = kube.writes
+    for _ in range(3):
+        obj, _ = model_pass(ctx, "smollm2", NOW + datetime.timedelta(hours=2))
+    assert kube.writes == writes
+    assert reasons(obj)[cond.WEIGHTS] == "Unauthorized"
+    assert kube.stored("batch/v1", "Job", job, NS)["metadata"]["uid"] == "job-1"
+
+
+def test_a_changed_secret_fills_again_once():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    _secret(kube, "hf", "wrong")
+    cache, job = _failing(kube, secret="hf")
+    version = kube.stored("v1", "Secret", "hf", NS)["metadata"]["resourceVersion"]
+    made = kube.stored("batch/v1", "Job", job, NS)["metadata"]["annotations"]
+    assert made[weights.SECRET_VERSION_ANNOTATION] == version
+
+    obj, outcome = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == "Unauthorized"
+    assert "Secret hf changes" in _weights(obj)["message"]
+    # the Secret is not watched: the pass comes back to it, 30 s after the failure at first
+    failed_at = datetime.datetime.fromisoformat(TS.replace("Z", "+00:00"))
+    assert outcome.requeue_at == failed_at + datetime.timedelta(seconds=30)
+
+    _secret(kube, "hf", "right")  # fixed
+    obj, outcome = model_pass(ctx, "smollm2", NOW + datetime.timedelta(seconds=30))
+    assert kube.names("Job") == []  # the failed Job goes; its deletion wakes the next pass
+    assert reasons(obj)[cond.WEIGHTS] == cond.FILL_PENDING
+    assert "Secret hf changed" in _weights(obj)["message"]
+    model_pass(ctx, "smollm2")
+    fresh = kube.stored("batch/v1", "Job", job, NS)
+    assert fresh["metadata"]["uid"] != "job-1" and "status" not in fresh
+    assert fresh["metadata"]["annotations"][weights.SECRET_VERSION_ANNOTATION] != version
+    writes = kube.writes
+    model_pass(ctx, "smollm2")
+    assert kube.writes == writes  # once
+    assert cache in kube.names("PersistentVolumeClaim")
+
+
+def test_a_retry_annotation_on_the_cache_fills_again_once_per_value():
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    cache, job = _failing(kube)
+    model_pass(ctx, "smollm2")
+    kube.annotate("v1", "PersistentVolumeClaim", cache, NS, **{weights.RETRY_ANNOTATION: "1"})
+    obj, _ = model_pass(ctx, "smollm2")
+    assert kube.names("Job") == []
+    assert "alpaca.dev/retry-fill=1" in _weights(obj)["message"]
+    model_pass(ctx, "smollm2")
+    assert (
+        kube.stored("batch/v1", "Job", job, NS)["metadata"]["annotations"][weights.RETRY_ANNOTATION]
+        == "1"
+    )
+    fail_job(kube, job, "PodFailurePolicy")  # fails again
+    model_pass(ctx, "smollm2")
+    obj, _ = model_pass(ctx, "smollm2")
+    assert kube.names("Job") == [job] and reasons(obj)[cond.WEIGHTS] == "Unauthorized"
+    kube.annotate("v1", "PersistentVolumeClaim", cache, NS, **{weights.RETRY_ANNOTATION: "2"})
+    model_pass(ctx, "smollm2")
+    assert kube.names("Job") == []
+
+
+def test_a_fill_that_ran_out_of_space_fills_again_when_the_cache_grows():
+    kube = PvcRules(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = _doc(storageClassName="expandable")
+    create(kube, doc, "smollm2")
+    cache = _cache(doc)
+    job = names.fill_job_name(cache)
+    model_pass(ctx, "smollm2")
+    _bind(kube, cache, "1Gi")
+    terminated_pod(kube, job, f"{job}-a", "NoSpaceLeft: the cache volume is full")
+    fail_job(kube, job, "PodFailurePolicy")
+    obj, _ = model_pass(ctx, "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == "NoSpaceLeft"
+    _change(kube, "smollm2", size="3Gi")
+    obj, _ = model_pass(ctx, "smollm2")
+    assert _size(_pvc(kube, cache)) == "3Gi" and kube.names("Job") == []
+    assert "the cache grew from 1Gi to 3Gi" in _weights(obj)["message"]
+    model_pass(ctx, "smollm2")
+    made = kube.stored("batch/v1", "Job", job, NS)["metadata"]["annotations"]
+    assert made[weights.SIZE_ANNOTATION] == "3Gi"
+
+
+def test_a_failed_job_made_before_keeps_failing_until_a_change():
+    """A failed fill Job an older operator made (no record of what it was made under): what
+    holds now is recorded, nothing runs again."""
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    _secret(kube, "hf", "wrong")
+    _, job = _failing(kube, secret="hf")
+    kube.objects[("batch/v1", "Job", NS, job)]["metadata"]["annotations"] = {}
+    model_pass(ctx, "smollm2")
+    assert kube.names("Job") == [job]
+    made = kube.stored("batch/v1", "Job", job, NS)["metadata"]["annotations"]
+    assert made[weights.SECRET_VERSION_ANNOTATION] == kube.resource_version(
+        "v1", "Secret", "hf", NS
+    )
+    assert made[weights.SIZE_ANNOTATION] == "1Gi"
+    _secret(kube, "hf", "right")
+    model_pass(ctx, "smollm2")
+    assert kube.names("Job") == []
+
+
+def test_the_termination_message_is_the_current_jobs_not_an_earlier_ones():
+    kube = FakeKube(ALL_CRDS)
+    _, job = _failing(kube)
+    pods = kube.objects[("v1", "Pod", NS, f"{job}-a")]["metadata"]
+    pods["ownerReferences"] = [{"kind": "Job", "name": job, "uid": "job-0"}]  # the Job before
+    terminated_pod(kube, job, f"{job}-b", "SourceNotFound: gone", created="2026-11-24T11:00:00Z")
+    kube.objects[("v1", "Pod", NS, f"{job}-b")]["metadata"]["ownerReferences"] = [
+        {"kind": "Job", "name": job, "uid": "job-1"}
+    ]
+    obj, _ = model_pass(model_context(kube), "smollm2")
+    assert reasons(obj)[cond.WEIGHTS] == "SourceNotFound"
+
+
+def test_the_secret_is_looked_at_with_backoff_up_to_every_ten_minutes():
+    failed = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
+    job = {
+        "metadata": {"name": "j"},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": TS}]},
+    }
+    state = observe.CacheState(fill_job=job, credentials_secret="hf")
+    seen = []
+    now = failed
+    for _ in range(8):
+        now = observe.secret_recheck([state], now)
+        seen.append(int((now - failed).total_seconds()))
+    assert seen == [30, 90, 210, 450, 930, 1530, 2130, 2730]
+    later = failed + datetime.timedelta(days=3, seconds=7)
+    at = observe.secret_recheck([state], later)
+    assert datetime.timedelta(0) < at - later <= observe.SECRET_RECHECK_MAX
+    assert observe.secret_recheck([observe.CacheState(fill_job=job)], now) is None
