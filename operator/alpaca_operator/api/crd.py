@@ -17,6 +17,7 @@ from alpaca_operator.api import finetune, model
 from alpaca_operator.api.base import GROUP, VERSION
 
 _DROP = {"title", "examples"}
+_RULES = "x-kubernetes-validations"
 
 
 def structural_schema(type_: type[BaseModel]) -> dict[str, Any]:
@@ -30,7 +31,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node = copy.deepcopy(node)
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        rules = [*target.get(_RULES, []), *node.get(_RULES, [])]
         node = {**copy.deepcopy(target), **node}  # the field's own description wins
+        if rules:  # the type's rules and the field's (immutable) both hold
+            node[_RULES] = rules
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
