@@ -30,11 +30,9 @@ class Valid(Generic[SpecT]):
     spec: SpecT
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    parts = ["spec"]
-    for item in loc:
-        parts.append(f"[{item}]" if isinstance(item, int) else str(item))
-    return ".".join(parts).replace(".[", "[")
+def _field_path(loc: tuple[int | str, ...], below: str = "") -> str:
+    """spec.x[0].y from pydantic's location; `below`: a rule's field under it (`.minReplicas`)."""
+    return "spec" + "".join(f"[{i}]" if isinstance(i, int) else f".{i}" for i in loc) + below
 
 
 def validate_spec(spec: dict[str, Any], model: type[SpecT]) -> Valid[SpecT] | list[Invalid]:
@@ -43,7 +41,10 @@ def validate_spec(spec: dict[str, Any], model: type[SpecT]) -> Valid[SpecT] | li
         return Valid(model.model_validate(spec))
     except ValidationError as exc:
         return [
-            Invalid(field=_field_path(err["loc"]), message=err["msg"])
+            Invalid(
+                field=_field_path(err["loc"], err["ctx"]["at"] if err["type"] == "rule" else ""),
+                message=err["msg"],
+            )
             for err in exc.errors(include_url=False)
         ]
 

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 GROUP = "alpaca.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-
-
-class ApiModel(BaseModel):
-    """Base of every API type: camelCase on the wire, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        """The object as the apiserver stores it (camelCase, unset optional fields left out)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -35,6 +23,57 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     if field_path:
         entry["fieldPath"] = field_path
     return entry
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule over the fields of one object, checked on both sides: by the apiserver as a CEL
+    rule (`x-kubernetes-validations` on the object's schema) and by the operator in Python."""
+
+    cel: str
+    message: str
+    field_path: str
+    """The field the rule blames, relative to the object (CEL's fieldPath: `.minReplicas`)."""
+    holds: Callable[[Any], bool]
+    """The same rule over the typed object."""
+
+
+def rule_error(message: str, field_path: str) -> PydanticCustomError:
+    """A validation error for the field at `field_path` below the object that raises it
+    (validation.validate_spec appends it to the object's path)."""
+    return PydanticCustomError("rule", "{message}", {"message": message, "at": field_path})
+
+
+def _rules_schema(schema: dict[str, Any], cls: type) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "RULES", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [cel(r.cel, r.message, r.field_path) for r in rules]
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields rejected, and the model's
+    RULES checked on both sides."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        json_schema_extra=_rules_schema,
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> Self:
+        for rule in self.RULES:
+            if not rule.holds(self):
+                raise rule_error(rule.message, rule.field_path)
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the apiserver stores it (camelCase, unset optional fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def immutable(what: str, remedy: str) -> dict[str, list[dict[str, str]]]:

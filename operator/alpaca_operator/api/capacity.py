@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from alpaca_operator.api.base import ApiModel, Duration, Quantity, cel
+from alpaca_operator.api.base import ApiModel, Duration, Quantity, Rule
 
 
 class Toleration(ApiModel):
@@ -68,22 +68,20 @@ class Karpenter(ApiModel):
 class Capacity(ApiModel):
     """Where the GPU pods run."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.provisioner != 'karpenter' || has(self.karpenter)",
-                    "provisioner karpenter needs capacity.karpenter.nodeClassRef",
-                    ".karpenter",
-                ),
-                cel(
-                    "!has(self.karpenter) || self.provisioner == 'karpenter'",
-                    "capacity.karpenter is only used with provisioner: karpenter",
-                    ".karpenter",
-                ),
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "self.provisioner != 'karpenter' || has(self.karpenter)",
+            "provisioner karpenter needs capacity.karpenter.nodeClassRef",
+            ".karpenter",
+            lambda c: c.provisioner != "karpenter" or c.karpenter is not None,
+        ),
+        Rule(
+            "!has(self.karpenter) || self.provisioner == 'karpenter'",
+            "capacity.karpenter is only used with provisioner: karpenter",
+            ".karpenter",
+            lambda c: c.karpenter is None or c.provisioner == "karpenter",
+        ),
+    )
 
     provisioner: Literal["existing", "karpenter"] = Field(
         default="existing",
@@ -109,17 +107,14 @@ class Capacity(ApiModel):
 class Resources(ApiModel):
     """What one pod (one serving replica, or one training node) gets."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.gpuType) || self.gpus > 0",
-                    "gpuType needs gpus greater than 0",
-                    ".gpuType",
-                )
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "!has(self.gpuType) || self.gpus > 0",
+            "gpuType needs gpus greater than 0",
+            ".gpuType",
+            lambda r: r.gpu_type is None or r.gpus > 0,
+        ),
+    )
 
     gpus: int = Field(
         default=1,

@@ -12,7 +12,7 @@ from alpaca_operator.api.base import (
     Condition,
     DnsLabel,
     Quantity,
-    cel,
+    Rule,
     defaulted,
     immutable,
 )
@@ -27,6 +27,8 @@ FULL_LEARNING_RATE = 2e-5
 """Stanford Alpaca's learning rate for full fine-tuning of LLaMA-7B."""
 LORA_LEARNING_RATE = 3e-4
 """alpaca-lora's learning rate."""
+MAX_BATCH = 2**24
+"""The largest batch size, global or per device (Stanford Alpaca's is 128)."""
 
 
 def _immutable(what: str) -> dict[str, list[dict[str, str]]]:
@@ -51,14 +53,17 @@ class Dataset(ApiModel):
 class Hyperparameters(ApiModel):
     """The training recipe; the defaults are Stanford Alpaca's for LLaMA-7B."""
 
+    # Bounded so that the apiserver's rule (globalBatchSize modulo perDeviceBatchSize x nodes x
+    # GPUs, in int64) cannot overflow: an overflow refused the spec without naming a field.
     global_batch_size: int = Field(
         default=128,
         ge=1,
+        le=MAX_BATCH,
         description="Examples per optimizer step: perDeviceBatchSize x gradient accumulation x "
         "number of GPUs (the operator derives the accumulation).",
     )
     per_device_batch_size: int = Field(
-        default=4, ge=1, description="Examples per GPU per forward pass."
+        default=4, ge=1, le=MAX_BATCH, description="Examples per GPU per forward pass."
     )
     learning_rate: float | None = Field(
         default=None,
@@ -154,25 +159,23 @@ class Serve(ApiModel):
 class AlpacaFineTuneSpec(ApiModel):
     """The desired state of an AlpacaFineTune."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.lora) || self.method == 'lora'",
-                    "lora settings are only allowed with method: lora",
-                    ".lora",
-                ),
-                cel(
-                    "self.hyperparameters.globalBatchSize % (self.hyperparameters.perDeviceBatchSize"
-                    " * self.resources.nodes * (self.resources.gpus > 0 ? self.resources.gpus : 1))"
-                    " == 0",
-                    "hyperparameters.globalBatchSize must be a multiple of perDeviceBatchSize x "
-                    "resources.nodes x resources.gpus",
-                    ".hyperparameters.globalBatchSize",
-                ),
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "!has(self.lora) || self.method == 'lora'",
+            "lora settings are only allowed with method: lora",
+            ".lora",
+            lambda s: s.lora is None or s.method == "lora",
+        ),
+        Rule(
+            "self.hyperparameters.globalBatchSize % (self.hyperparameters.perDeviceBatchSize"
+            " * self.resources.nodes * (self.resources.gpus > 0 ? self.resources.gpus : 1))"
+            " == 0",
+            "hyperparameters.globalBatchSize must be a multiple of perDeviceBatchSize x "
+            "resources.nodes x resources.gpus",
+            ".hyperparameters.globalBatchSize",
+            lambda s: s.hyperparameters.global_batch_size % s.batch_per_step() == 0,
+        ),
+    )
 
     base_model: Weights = Field(
         description="The model to fine-tune (LLaMA-class, Hugging Face format), from the shared "
@@ -226,6 +229,11 @@ class AlpacaFineTuneSpec(ApiModel):
     image: str | None = Field(
         default=None, description="Training image override.", json_schema_extra=_immutable("image")
     )
+
+    def batch_per_step(self) -> int:
+        """Examples one forward pass takes across all ranks (a GPU-less node counts as one)."""
+        per_node = self.resources.gpus if self.resources.gpus > 0 else 1
+        return self.hyperparameters.per_device_batch_size * self.resources.nodes * per_node
 
 
 FineTunePhase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]

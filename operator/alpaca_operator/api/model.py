@@ -12,9 +12,10 @@ from alpaca_operator.api.base import (
     DnsLabel,
     Duration,
     Quantity,
-    cel,
+    Rule,
     defaulted,
     parse_bytes,
+    rule_error,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
 from alpaca_operator.api.weights import SOURCE_HELP, Source, Volume, Weights
@@ -26,22 +27,20 @@ PLURAL = "alpacamodels"
 class Prompt(ApiModel):
     """How chat messages become the prompt the model was trained on."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.template != 'custom' || has(self.custom)",
-                    "prompt.custom is required with template: custom",
-                    ".custom",
-                ),
-                cel(
-                    "!has(self.custom) || self.template == 'custom'",
-                    "prompt.custom is only allowed with template: custom",
-                    ".custom",
-                ),
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "self.template != 'custom' || has(self.custom)",
+            "prompt.custom is required with template: custom",
+            ".custom",
+            lambda p: p.template != "custom" or p.custom is not None,
+        ),
+        Rule(
+            "!has(self.custom) || self.template == 'custom'",
+            "prompt.custom is only allowed with template: custom",
+            ".custom",
+            lambda p: p.custom is None or p.template == "custom",
+        ),
+    )
 
     template: Literal["alpaca", "none", "custom"] = Field(
         default="alpaca",
@@ -97,17 +96,14 @@ class Engine(ApiModel):
 class Autoscaling(ApiModel):
     """Ray Serve autoscaling of replicas from ongoing requests; GPU nodes follow the replicas."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "autoscaling.minReplicas must be less than or equal to maxReplicas",
-                    ".minReplicas",
-                )
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must be less than or equal to maxReplicas",
+            ".minReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+        ),
+    )
 
     min_replicas: int = Field(
         default=1,
@@ -171,17 +167,14 @@ class Head(ApiModel):
     head gets at least 3Gi. The defaults suit a production endpoint; a small CPU-only node
     needs less CPU."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    f"quantity(string(self.memory)).compareTo(quantity('{HEAD_MIN_MEMORY}')) >= 0",
-                    HEAD_MEMORY_HELP,
-                    ".memory",
-                )
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            f"quantity(string(self.memory)).compareTo(quantity('{HEAD_MIN_MEMORY}')) >= 0",
+            HEAD_MEMORY_HELP,
+            ".memory",
+            lambda h: parse_bytes(h.memory) >= parse_bytes(HEAD_MIN_MEMORY),
+        ),
+    )
 
     cpu: Quantity = Field(
         default="1",
@@ -192,13 +185,6 @@ class Head(ApiModel):
         default="4Gi",
         description=f"Memory request and limit of the head container; at least {HEAD_MIN_MEMORY}.",
     )
-
-    @field_validator("memory")
-    @classmethod
-    def _at_least_the_minimum(cls, value: str) -> str:
-        if parse_bytes(value) < parse_bytes(HEAD_MIN_MEMORY):
-            raise ValueError(f"{HEAD_MEMORY_HELP} (got {value})")
-        return value
 
 
 class Images(ApiModel):
@@ -215,17 +201,14 @@ class Images(ApiModel):
 class AlpacaModelSpec(ApiModel):
     """The desired state of an AlpacaModel."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.resources.gpus == 0 || self.engine.tensorParallelSize <= self.resources.gpus",
-                    "engine.tensorParallelSize must not exceed resources.gpus",
-                    ".engine.tensorParallelSize",
-                )
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "self.resources.gpus == 0 || self.engine.tensorParallelSize <= self.resources.gpus",
+            "engine.tensorParallelSize must not exceed resources.gpus",
+            ".engine.tensorParallelSize",
+            lambda s: s.resources.gpus == 0 or s.engine.tensor_parallel_size <= s.resources.gpus,
+        ),
+    )
 
     weights: Weights = Field(description="The model's weights and their cache.")
     served_model_name: DnsLabel | None = Field(
@@ -266,6 +249,17 @@ class AlpacaModelSpec(ApiModel):
         Images,
         "Image overrides.",
     )
+
+    @field_validator("adapters")
+    @classmethod
+    def _names_unique(cls, adapters: list[Adapter]) -> list[Adapter]:
+        """A list-type map: the apiserver refuses a second adapter of the same name."""
+        seen: set[str] = set()
+        for i, adapter in enumerate(adapters):
+            if adapter.name in seen:
+                raise rule_error(f"Duplicate value: adapter name {adapter.name!r}", f"[{i}]")
+            seen.add(adapter.name)
+        return adapters
 
 
 ModelPhase = Literal[
