@@ -51,14 +51,16 @@ def _rules_schema(schema: dict[str, Any], cls: type) -> None:
 
 
 class ApiModel(BaseModel):
-    """Base of every API type: camelCase on the wire, unknown fields rejected, and the model's
-    RULES checked on both sides."""
+    """Base of every API type: camelCase on the wire, unknown fields rejected, JSON types taken
+    as the apiserver takes them (strict: no "2" for 2, no 1 for true), and the model's RULES
+    checked on both sides."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        strict=True,
         json_schema_extra=_rules_schema,
     )
 
@@ -106,6 +108,12 @@ def defaulted(
 
 
 # --- Kubernetes scalar types -------------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT_INTEGER_MAX = 2**53 - 1
+"""The largest whole number the apiserver takes as an integer when JSON writes it as a float
+(`2.0`); beyond it a float64 holds no exact integer."""
+
 
 _QUANTITY_RE = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
@@ -203,7 +211,8 @@ class Condition(ApiModel):
         description="The metadata.generation of the object this condition was computed from.",
     )
     last_transition_time: datetime = Field(
-        description="When the status last changed from one value to another."
+        strict=False,  # an RFC 3339 string on the wire
+        description="When the status last changed from one value to another.",
     )
     reason: str = Field(
         description="A CamelCase word for why the condition is in its status, for tools and alerts.",

@@ -253,7 +253,9 @@ class Progress(ApiModel):
     summary: str | None = Field(
         default=None, description="step/totalSteps and percent, for kubectl get."
     )
-    updated_at: datetime | None = Field(default=None, description="When this was reported.")
+    updated_at: datetime | None = Field(
+        default=None, strict=False, description="When this was reported."
+    )
 
 
 class AlpacaFineTuneStatus(ApiModel):
