@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,18 +116,27 @@ FLOAT_INTEGER_MAX = 2**53 - 1
 (`2.0`); beyond it a float64 holds no exact integer."""
 
 
-_QUANTITY_RE = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]{1,2}))?$"
 )
+"""Kubernetes' quantity syntax with the exponent an integer of at most two digits: its own
+OpenAPI pattern allows any exponent, `1e1.5` that ParseQuantity then refuses, and `1e-99999999999`
+that makes ParseQuantity (CEL's quantity(), a Pod's validation) compute for minutes."""
+QUANTITY_MAX_LENGTH = 64
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 
 
 def _quantity(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, float) and value.is_integer() and abs(value) <= FLOAT_INTEGER_MAX:
+        value = int(value)  # 2.0: a whole number the apiserver takes as the integer 2
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("must be a Kubernetes quantity such as 8, 500m, 32Gi")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("must be a Kubernetes quantity: an integer within int64, or a string")
     text = str(value)
-    if not _QUANTITY_RE.match(text):
-        raise ValueError(f"{text!r} is not a Kubernetes quantity (for example 8, 500m, 32Gi)")
+    if len(text) > QUANTITY_MAX_LENGTH or not _QUANTITY_RE.fullmatch(text):
+        shown = text if len(text) <= QUANTITY_MAX_LENGTH else text[:QUANTITY_MAX_LENGTH] + "..."
+        raise ValueError(f"{shown!r} is not a Kubernetes quantity (for example 8, 500m, 32Gi)")
     return text
 
 
@@ -136,7 +146,8 @@ Quantity = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": _QUANTITY_RE.pattern,
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -153,23 +164,24 @@ def parse_cpu(quantity: str) -> float:
 
 
 _SUFFIXES = {
-    **{s: 1024**i for i, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
-    **{s: 1000**i for i, s in enumerate(("", "k", "M", "G", "T", "P", "E"))},
-    "m": 0.001,
-    "n": 1e-9,
-    "u": 1e-6,
+    **{s: decimal.Decimal(1024**i) for i, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: decimal.Decimal(1000**i) for i, s in enumerate(("", "k", "M", "G", "T", "P", "E"))},
+    "m": decimal.Decimal("1e-3"),
+    "u": decimal.Decimal("1e-6"),
+    "n": decimal.Decimal("1e-9"),
 }
+_EXACT = decimal.Context(prec=200)  # 64 characters, exponents of two digits: exact
 
 
-def parse_bytes(quantity: str) -> float:
-    """The value of a quantity in base units (`3Gi` -> 3221225472, `500M` -> 5e8)."""
+def quantity_value(quantity: str) -> decimal.Decimal:
+    """The exact value of a quantity in base units, as Kubernetes' ParseQuantity reads it (and
+    CEL's quantity() compares it): rounded up, away from zero, to a multiple of 1n
+    (`3Gi` -> 3221225472, `500M` -> 500000000, `1.0000000001` -> 1.000000001)."""
     text = _quantity(quantity)
-    number = re.match(r"^[+-]?[0-9.]+(?:[eE][+-]?[0-9.]+)?", text)
+    number = re.match(r"^[+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?", text)
     assert number is not None
-    suffix = text[number.end() :]
-    if suffix and suffix not in _SUFFIXES:
-        raise ValueError(f"{text!r} has an unknown suffix {suffix!r}")
-    return float(number.group(0)) * _SUFFIXES.get(suffix, 1)
+    value = _EXACT.multiply(decimal.Decimal(number.group(0)), _SUFFIXES[text[number.end() :]])
+    return value.quantize(decimal.Decimal("1e-9"), rounding=decimal.ROUND_UP, context=_EXACT)
 
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from alpaca_operator.api.base import (
+    QUANTITY_PATTERN,
     ApiModel,
     Condition,
     DnsLabel,
@@ -14,7 +15,7 @@ from alpaca_operator.api.base import (
     Quantity,
     Rule,
     defaulted,
-    parse_bytes,
+    quantity_value,
     rule_error,
 )
 from alpaca_operator.api.capacity import Capacity, Resources
@@ -169,10 +170,13 @@ class Head(ApiModel):
 
     RULES = (
         Rule(
+            # quantity() only on what the schema's pattern allows: the rule runs even when the
+            # pattern refused the value, and ParseQuantity computes for minutes on `1e-99999999999`
+            f"!string(self.memory).matches(r'{QUANTITY_PATTERN}') || "
             f"quantity(string(self.memory)).compareTo(quantity('{HEAD_MIN_MEMORY}')) >= 0",
             HEAD_MEMORY_HELP,
             ".memory",
-            lambda h: parse_bytes(h.memory) >= parse_bytes(HEAD_MIN_MEMORY),
+            lambda h: quantity_value(h.memory) >= quantity_value(HEAD_MIN_MEMORY),
         ),
     )
 
