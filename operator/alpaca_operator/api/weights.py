@@ -9,7 +9,10 @@ from pydantic import AfterValidator, Field
 
 from alpaca_operator.api.base import ApiModel, DnsLabel, Quantity, cel, defaulted
 
-SOURCE_PATTERN = r"^((hf|s3|gs|http|https|pvc)://[^\s]+|/[^\s]*)$"
+SOURCE_PATTERN = r"^((hf|s3|gs|http|https|pvc)://[^\p{Z}\p{Cc}]+|/[^\p{Z}\p{Cc}]*)$"
+"""No whitespace or control character anywhere: `\\s` would not do, it is ASCII whitespace to the
+apiserver (Go's RE2) but any Unicode whitespace to the operator (pydantic's Rust regex), which
+then refused `hf://org/\\u0085model` that the apiserver stored."""
 SOURCE_HELP = (
     "hf://ORG/NAME (Hugging Face Hub, or the endpoint in HF_ENDPOINT), s3://BUCKET/PREFIX, "
     "gs://BUCKET/PREFIX, http(s)://HOST/PATH/ (a folder served over HTTP), "
