@@ -64,6 +64,7 @@ AUDIT_POLICY = {
 
 @dataclass
 class Figures:
+    requests_per_model: float = 0.0
     applied_s: float = 0.0
     settle_s: float = 0.0
     children_s: float = 0.0
@@ -83,6 +84,23 @@ class Audit:
 
     def mark(self) -> None:
         self.offset = self.path.stat().st_size
+
+    def by_kind(self) -> dict[str, int]:
+        """The operator's requests since the mark, by verb and resource (watches apart)."""
+        counts: dict[str, int] = {}
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            for line in f:
+                entry = json.loads(line)
+                if not str(entry.get("userAgent", "")).startswith(OURS):
+                    continue
+                if entry.get("verb") == "watch" or entry.get("stage") != "ResponseComplete":
+                    continue
+                ref = entry.get("objectRef") or {}
+                sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                key = f"{entry.get('verb')} {ref.get('resource', '?')}{sub}"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def count(self) -> tuple[int, int]:
         """(requests, watches) of the operator since the mark."""
@@ -271,6 +289,8 @@ def run_design(
         try:
             time.sleep(5)  # the operator lists what is there (nothing yet)
             audit = Audit(work / "audit.log")
+            whole = Audit(work / "audit.log")
+            whole.mark()
             per_ns = args.models // args.namespaces
             docs = {
                 ns: [_model(f"m{i}", POOLS[i % len(POOLS)]) for i in range(per_ns)]
@@ -325,6 +345,11 @@ def run_design(
                 audit.mark()
             quiet = time.monotonic() - quiet_since >= 10
             figures.quiet_s = quiet_since - started if quiet else float("inf")
+            spent = whole.by_kind()
+            figures.requests_per_model = sum(spent.values()) / total
+            print(f"{label}: the operator's requests from the apply until quiet, per model:")
+            for key, n in sorted(spent.items(), key=lambda kv: -kv[1]):
+                print(f"  {key:48} {n / total:6.2f}")
 
             audit.mark()
             time.sleep(args.rest)
@@ -418,6 +443,7 @@ def main() -> int:
         ("time until every model has a status (s)", "settle_s", "{:.1f}"),
         ("time until every model has its RayService (s)", "children_s", "{:.1f}"),
         ("time until the operator went quiet (s)", "quiet_s", "{:.1f}"),
+        ("operator requests per model until quiet", "requests_per_model", "{:.2f}"),
         ("requests/min at rest (watches apart)", "rest_per_min", "{:.1f}"),
         ("watch (re)connections/min at rest", "rest_watches_per_min", "{:.1f}"),
         ("requests per irrelevant node change", "irrelevant_per_change", "{:.2f}"),
