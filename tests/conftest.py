@@ -16,6 +16,7 @@ from alpaca_dev.controlplane import ControlPlane, stop_process
 from tests.xdist_schedule import pytest_xdist_make_scheduler  # noqa: F401 (a hook: xdist's controller)
 
 REPO = Path(__file__).resolve().parent.parent
+POD_SECURITY_MODES = ("enforce", "warn", "audit")  # of the `namespace` fixture's namespaces
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up the factory
@@ -50,14 +51,19 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test (named after it), deleted afterwards.
+    """A fresh namespace for one test (named after it), deleted afterwards. It enforces the
+    `restricted` Pod Security Standard (and warns and audits by it), as hardened clusters do:
+    a pod made there from what the operator rendered is refused unless it meets it.
 
     A test module may set NAMESPACE_PREFIX (default "t") to keep its namespaces apart.
     """
     prefix = getattr(request.module, "NAMESPACE_PREFIX", "t")
     stem = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
     name = f"{prefix}-{stem[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl_run("create", "namespace", name)
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in POD_SECURITY_MODES}
+    control_plane.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
     yield name
     control_plane.kubectl_run("delete", "namespace", name, "--wait=false")
 

@@ -29,6 +29,10 @@ import yaml
 from alpaca_dev.pki import Pki, issue_client_cert, write_pki
 
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
+ADMISSION_PLUGINS = ("OwnerReferencesPermissionEnforcement",)
+"""Enabled besides kube-apiserver's defaults (PodSecurity is one of them), as hardened clusters
+(OpenShift) run it: setting blockOwnerDeletion on an ownerReference needs update on the owner's
+`finalizers`, changing an existing object's owners needs delete on it."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -67,6 +71,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def admission_flag(extra_args: list[str]) -> tuple[str, list[str]]:
+    """The one --enable-admission-plugins flag (ADMISSION_PLUGINS and any a caller passes in
+    `extra_args`: the apiserver would append a second one's plugins to the first's), and the
+    other arguments."""
+    plugins, rest = list(ADMISSION_PLUGINS), []
+    for arg in extra_args:
+        name, _, value = arg.partition("=")
+        if name == "--enable-admission-plugins":
+            plugins += [p for p in value.split(",") if p and p not in plugins]
+        else:
+            rest.append(arg)
+    return f"--enable-admission-plugins={','.join(plugins)}", rest
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -184,6 +202,7 @@ class ControlPlane:
             "kube-apiserver",
             "system:masters",
         )
+        admission, extra = admission_flag(self.extra_apiserver_args)
         self._apiserver_args = [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
@@ -200,6 +219,7 @@ class ControlPlane:
             "--api-audiences=https://kubernetes.default.svc",
             "--service-cluster-ip-range=10.96.0.0/16",
             "--authorization-mode=Node,RBAC",
+            admission,
             f"--kubelet-client-certificate={kubelet_client}",
             f"--kubelet-client-key={kubelet_client.with_suffix('.key')}",
             "--kubelet-preferred-address-types=InternalIP",
@@ -210,7 +230,7 @@ class ControlPlane:
             # address) it keeps the `kubernetes` Service's endpoints, for pods
             *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
             "--v=0",
-            *self.extra_apiserver_args,
+            *extra,
         ]
         self.spawn("kube-apiserver", self._apiserver_args)
 

@@ -66,10 +66,7 @@ def audited(control_plane, thirdparty_crds, tmp_path_factory) -> Iterator[Contro
         f"--audit-policy-file={policy}",
         f"--audit-log-path={work / 'audit.log'}",
         "--audit-log-format=json",
-        # as hardened clusters (OpenShift) run: setting blockOwnerDeletion on a child needs
-        # update on the owner's finalizers subresource
-        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-    ]
+    ]  # OwnerReferencesPermissionEnforcement is on, as on every ControlPlane (ADMISSION_PLUGINS)
     with ControlPlane(
         bin_dir=control_plane.bin_dir, workdir=work / "cp", extra_apiserver_args=args
     ) as cp:

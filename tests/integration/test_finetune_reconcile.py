@@ -209,7 +209,19 @@ def test_lora_queue_label_and_failure_reason(control_plane, ctx, namespace):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"{job_name}-0-x", "labels": {"job-name": job_name}},
-        "spec": {"containers": [{"name": "train", "image": "x"}]},
+        "spec": {  # what the `restricted` namespace admits, as the rendered template is
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "train",
+                    "image": "x",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
     }
     cp.kubectl_run("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
     _status(

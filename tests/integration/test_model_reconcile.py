@@ -349,7 +349,19 @@ def test_fill_failure_reason_reaches_the_status(control_plane, ctx, namespace):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"{job}-x1", "labels": {"job-name": job}},
-        "spec": {"containers": [{"name": "fill", "image": "x"}]},
+        "spec": {  # what the `restricted` namespace admits, as the rendered template is
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "fill",
+                    "image": "x",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
     }
     cp.kubectl_run(
         "create", "serviceaccount", "default", "-n", namespace
