@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        default=4,
+        default=16,
         help="passes that run at once (each over a different object; a pass waits mostly on "
         "the API's answers to its writes)",
     )

@@ -95,7 +95,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     metrics, store = Metrics(), Store(STORED)
-    workers = int(memo.get("workers") or 4)
+    workers = int(memo.get("workers") or 16)
     configuration = kubernetes.client.Configuration.get_default_copy()
     # a connection for every worker's pass (and room for the peering check): the client's
     # default pool is five per CPU, so more workers would queue for a connection

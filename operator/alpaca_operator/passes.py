@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -36,9 +37,13 @@ class Passes:
     _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _failures: dict[Key, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _threads: ThreadPoolExecutor | None = None
     done: int = 0  # passes finished (for tests and metrics)
 
     def start(self) -> None:
+        # threads of their own: asyncio.to_thread's default executor has min(32, CPUs + 4)
+        # threads (6 on two cores), shared with kopf, so more workers than that would wait
+        self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="pass")
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
@@ -47,6 +52,8 @@ class Passes:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def request(self, key: Key) -> None:
         """Ask for a pass over `key` as soon as a worker is free."""
@@ -91,7 +98,8 @@ class Passes:
             self._queued.discard(key)
             self._running.add(key)
             try:
-                next_in = await asyncio.to_thread(self.run, key)
+                loop = asyncio.get_running_loop()
+                next_in = await loop.run_in_executor(self._threads, self.run, key)
             except Exception:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures

@@ -127,3 +127,25 @@ def test_a_timed_request_keeps_the_earliest_and_forget_drops_it():
 
     rec = asyncio.run(scenario())
     assert rec.runs == [A]
+
+
+def test_every_worker_runs_a_pass_at_once_beyond_the_default_executor():
+    """Passes wait mostly on the apiserver: twelve workers hold twelve passes at once (asyncio's
+    default executor would cap them at the CPUs + 4)."""
+    workers = 12
+    barrier = threading.Barrier(workers + 1, timeout=20)
+
+    def run(key: Key) -> float | None:
+        barrier.wait()  # each pass waits until all twelve are in
+        return None
+
+    async def scenario() -> None:
+        p = Passes(run, workers=workers)
+        p.start()
+        for i in range(workers):
+            p.request(("AlpacaModel", "ns", f"m{i}"))
+        await asyncio.to_thread(barrier.wait)  # raises BrokenBarrierError if fewer ran
+        await _settle(p)
+        await p.stop()
+
+    asyncio.run(scenario())
