@@ -26,7 +26,7 @@ import pytest
 
 from alpaca_dev.controlplane import ControlPlane, wait_for
 from tests.chaos import workload
-from tests.chaos.census import LEFT_KARPENTER, Census
+from tests.chaos.census import Census
 from tests.chaos.driver import ClusterClient, Driver
 from tests.chaos.processes import Operator, client, restart, sigkill
 from tests.conftest import REPO, k8s_bin_dir, thirdparty_crd_dir
@@ -264,8 +264,7 @@ def test_no_orphans(chaos: Run) -> None:
     beside its cache PVC is held to the PVC's owners instead: the next test."""
     census = chaos.census
     beside = {ref for ref, (_, pvc) in census.fill_jobs().items() if pvc is not None}
-    orphans = [o for o in census.orphans() if o.split(":")[0] not in beside]
-    assert [o for o in orphans if not o.endswith(LEFT_KARPENTER)] == []
+    assert [o for o in census.orphans() if o.split(":")[0] not in beside] == []
 
 
 @pytest.mark.xfail(
@@ -281,17 +280,6 @@ def test_no_orphans(chaos: Run) -> None:
 )
 def test_fill_jobs_have_their_caches_owners(chaos: Run) -> None:
     assert chaos.census.fill_job_drift() == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in reconcile/model.py (found by this suite): a model that moves from "
-    "provisioner karpenter to existing nodes keeps its NodePool until the model is deleted "
-    "(_capacity applies a NodePool when one is rendered and never deletes one that is not; "
-    "a fine-tune's capacity is immutable)",
-)
-def test_a_model_that_leaves_karpenter_leaves_no_nodepool(chaos: Run) -> None:
-    assert [o for o in chaos.census.orphans() if o.endswith(LEFT_KARPENTER)] == []
 
 
 def test_every_object_at_its_generation_with_its_phase(chaos: Run) -> None:

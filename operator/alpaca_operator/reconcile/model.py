@@ -22,6 +22,7 @@ from alpaca_operator.observe import model as observe
 from alpaca_operator.reconcile.apply import Applier, owner_reference
 from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_caches
 from alpaca_operator.reconcile.locks import CACHES
+from alpaca_operator.reconcile.triggers import nodepool_owner
 from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, networkpolicy, rayservice
@@ -119,17 +120,35 @@ def _on_existing_gpu_nodes(spec: AlpacaModelSpec) -> bool:
     return spec.capacity.provisioner == "existing" and spec.resources.gpus > 0
 
 
+def _drop_nodepool(kube: Kube, body: dict[str, Any]) -> None:
+    """A model that no longer runs on Karpenter gives its NodePool up: cluster-scoped, the pool
+    has no owner reference to the model, so nothing else takes it before the model's deletion
+    (a NodePool of that name whose labels name another owner is not ours to delete)."""
+    meta = body["metadata"]
+    name = names.nodepool_name(meta["namespace"], meta["name"])
+    live = kube.get("karpenter.sh/v1", "NodePool", name)
+    if live is None or live["metadata"].get("deletionTimestamp"):
+        return
+    owner = nodepool_owner(live["metadata"].get("labels") or {})
+    if owner == (body["kind"], meta["namespace"], meta["name"]):
+        kube.delete("karpenter.sh/v1", "NodePool", name)
+
+
 def _capacity(
     ctx: ModelContext,
     spec: AlpacaModelSpec,
     desired: ModelManifests,
+    body: dict[str, Any],
     children: observe.ModelChildren,
 ) -> None:
     pool = desired.nodepool
     if pool is not None and NODEPOOL_CRD in children.crds:
         live = ctx.kube.get("karpenter.sh/v1", "NodePool", pool["metadata"]["name"])
         children.nodepool = ctx.applier.ensure(pool, live)
-    elif _on_existing_gpu_nodes(spec):
+        return
+    if pool is None:
+        _drop_nodepool(ctx.kube, body)
+    if _on_existing_gpu_nodes(spec):
         # only the nodes the selector matches (label values hold no commas): a copy of every
         # node per pass was most of a pass's time on a cluster of 500 nodes
         selector = desired.placement.node_selector
@@ -193,7 +212,7 @@ def reconcile_model(
     desired = model_manifests(spec, name, ns, ctx.config, ctx.application_for)
     place = desired.placement
     children = observe.ModelChildren(crds=_crds(ctx.kube, spec))
-    _capacity(ctx, spec, desired, children)
+    _capacity(ctx, spec, desired, body, children)
     _weights(ctx, desired, body, children)
     _network_policy(ctx, desired.network_policy, body)
     _serving(ctx, desired, body, children)

@@ -226,6 +226,27 @@ def test_karpenter_capacity_is_a_nodepool():
     assert reasons(obj)[cond.CAPACITY] == cond.NODEPOOL_READY
 
 
+def test_a_model_that_leaves_karpenter_gives_its_nodepool_up():
+    """Found by the chaos suite: the NodePool stayed until the model was deleted."""
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    create(kube, example("alpaca-karpenter.yaml"))
+    create(kube, example("alpaca-karpenter.yaml"), "stays")
+    model_pass(ctx, "alpaca-7b-spot")
+    model_pass(ctx, "stays")
+    pool = names.nodepool_name(NS, "alpaca-7b-spot")
+    assert kube.names("NodePool") == sorted([pool, names.nodepool_name(NS, "stays")])
+    obj = kube.objects[(API, "AlpacaModel", NS, "alpaca-7b-spot")]
+    obj["spec"]["capacity"] = {"provisioner": "existing"}
+    obj["metadata"]["generation"] += 1
+    obj, _ = model_pass(ctx, "alpaca-7b-spot")
+    assert kube.names("NodePool") == [names.nodepool_name(NS, "stays")]
+    assert reasons(obj)[cond.CAPACITY] == cond.WAITING_FOR_NODES
+    before = len(kube.writes_log)
+    model_pass(ctx, "alpaca-7b-spot")  # nothing left to give up: no write
+    assert kube.writes_log[before:] == []
+
+
 def test_serving_waits_for_every_adapter_cache():
     kube = FakeKube(ALL_CRDS)
     ctx = model_context(kube)
