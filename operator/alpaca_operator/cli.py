@@ -13,15 +13,15 @@ import yaml
 
 from alpaca_operator.api.crd import all_documents
 from alpaca_operator.config import KUBERAY_NAMESPACE
-from alpaca_operator.rbac import clusterrole_template
+from alpaca_operator.rbac import chart_files
 
 
 def _crds(args: argparse.Namespace) -> int:
     docs = all_documents()
     if args.chart is not None:
-        role = args.chart / "templates" / "clusterrole.yaml"
-        role.write_text(clusterrole_template())
-        print(role)
+        for relative, text in chart_files().items():
+            (args.chart / relative).write_text(text)
+            print(args.chart / relative)
     if args.out is None:
         yaml.safe_dump_all([doc for _, doc in docs], sys.stdout, sort_keys=False, width=100)
         return 0
@@ -166,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="print the CRDs, or write them into folders")
     crds.add_argument("--out", type=Path, action="append", help="folder to write into (repeatable)")
     crds.add_argument(
-        "--chart", type=Path, help="also write the chart's ClusterRole from the RBAC rules"
+        "--chart",
+        type=Path,
+        help="also write the chart's ClusterRoles and RBAC.md from the RBAC rules",
     )
     crds.set_defaults(func=_crds)
     return top

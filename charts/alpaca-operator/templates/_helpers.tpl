@@ -36,3 +36,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "alpaca-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* The ClusterRole of the rights in the custom resources' namespaces (bound cluster-wide, or
+in each watched namespace). */}}
+{{- define "alpaca-operator.namespacedRole" -}}
+{{- printf "%s-namespaced" (include "alpaca-operator.fullname" .) }}
+{{- end }}
+
+{{/* The watchNamespaces entries that name one namespace (a DNS label); the others are patterns
+(globs, negations), whose namespaces the chart cannot know. Space-separated. */}}
+{{- define "alpaca-operator.exactNamespaces" -}}
+{{- range .Values.watchNamespaces }}
+{{- if regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" . }}{{ . }} {{ end }}
+{{- end }}
+{{- end }}
