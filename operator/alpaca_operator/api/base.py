@@ -121,7 +121,7 @@ QUANTITY_PATTERN = (
 )
 """Kubernetes' quantity syntax with the exponent an integer of at most two digits: its own
 OpenAPI pattern allows any exponent, `1e1.5` that ParseQuantity then refuses, and `1e-99999999999`
-that makes ParseQuantity (CEL's quantity(), a Pod's validation) compute for minutes."""
+that keeps ParseQuantity (behind CEL's quantity()) computing for minutes."""
 QUANTITY_MAX_LENGTH = 64
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 
