@@ -148,8 +148,9 @@ class Driver(threading.Thread):
         while not self._halt.wait(self.interval):
             try:
                 self.step()
-            except Exception as exc:
-                self.errors[type(exc).__name__] += 1
+            except Exception as exc:  # the apiserver away, an object gone meanwhile
+                status = getattr(exc, "status", None)  # an ApiError's
+                self.errors[type(exc).__name__ + (f" {status}" if status else "")] += 1
 
     def stop(self) -> None:
         self._halt.set()

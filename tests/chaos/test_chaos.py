@@ -31,7 +31,9 @@ from tests.chaos.driver import ClusterClient, Driver
 from tests.chaos.processes import Operator, client, restart, sigkill
 from tests.conftest import REPO, k8s_bin_dir, thirdparty_crd_dir
 
-pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("chaos")]
+# the module fixture (set-up, chaos, settling) counts against its first test's timeout: 2.5-3.5
+# minutes here alone, and its waits are generous for a machine busy with the other tiers
+pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("chaos"), pytest.mark.timeout(900)]
 
 SEED = int(os.environ.get("CHAOS_SEED") or 20261203)
 KILLS = 20
