@@ -269,18 +269,9 @@ def test_no_orphans(chaos: Run) -> None:
     assert [o for o in census.orphans() if o.split(":")[0] not in beside] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defects in reconcile/cache.py (issue 13 item 2, found by this suite): (1) a user "
-    "that joins a cache after its fill completed is added to the PVC's owners, not the fill "
-    "Job's (ensure_cache returns once the cache is filled); when the Job's last listed owner "
-    "moves to other weights, release_caches sets the Job's owners to the rest of its list, [], "
-    "and the garbage collector never takes an object without owners (every run here); "
-    "(2) release_caches patches the PVC's owners before the Job's and finds its caches by the "
-    "PVC's: a SIGKILL between the two writes leaves the Job owned by a model that no longer uses "
-    "it, for good (some runs)",
-)
 def test_fill_jobs_have_their_caches_owners(chaos: Run) -> None:
+    """A fill Job has its cache PVC's owners (decision 9): users that joined a filled cache,
+    left it, or were stopped half-way through leaving it (found here, and fixed)."""
     assert chaos.census.fill_job_drift() == []
 
 

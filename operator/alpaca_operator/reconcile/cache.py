@@ -222,24 +222,25 @@ def ensure_cache(
             annotations[weights.FILLED_ANNOTATION] = "true"
     grow = _settle_volume(desired_pvc, live_pvc)
     state.pvc = _apply_volume(applier, desired_pvc, live_pvc, grow)
+    # the fill Job has the PVC's owners, whoever joined or left (decision 9), filled or not
+    owners = state.pvc["metadata"].get("ownerReferences") or shared_owners(None, user)
     if state.filled:
+        job = kube.get("batch/v1", "Job", names.fill_job_name(cache), ns)
+        if job is not None:
+            _own(kube, job, owners)
         return state
     owned = [owner_reference(state.pvc, controller=True, block=False)]  # nothing to wait for
     for obj in desired.rbac:
         obj["metadata"]["ownerReferences"] = owned
         live = kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
         applier.ensure(obj, live)
-    owners = shared_owners(job, user)
     if job is None:
         desired_job = desired.fill_job
         desired_job["metadata"]["ownerReferences"] = owners
         desired_job["metadata"]["annotations"] = _made_under(kube, desired, state.pvc, ns)
         job = applier.ensure(desired_job, None)
-    elif job["metadata"].get("ownerReferences") != owners:
-        # a new user: only the owners change (a Job's template is immutable, and a newer
-        # operator's image must not be applied to a running fill)
-        op = {"op": "add", "path": "/metadata/ownerReferences", "value": owners}
-        job = kube.json_patch("batch/v1", "Job", job["metadata"]["name"], ns, [op])
+    else:
+        job = _own(kube, job, owners)
     failed = condition_of(job, "Failed")
     if failed and failed.get("status") == "True":
         job = _failed_fill(kube, job, state.pvc, state)
@@ -249,6 +250,21 @@ def ensure_cache(
     if (job.get("status") or {}).get("failed"):  # the Job failed, or an attempt did
         state.fill_pod_message = termination_message(kube, job)
     return state
+
+
+def _uids(obj: dict[str, Any] | None) -> set[str]:
+    return {str(r.get("uid")) for r in (obj or {}).get("metadata", {}).get("ownerReferences") or []}
+
+
+def _own(kube: Kube, job: dict[str, Any], owners: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fill Job with `owners` (its cache PVC's). Only the owners change: a Job's template
+    is immutable, and a newer operator's image must not be applied to a running fill."""
+    if _uids(job) == {str(r.get("uid")) for r in owners}:
+        return job
+    op = {"op": "add", "path": "/metadata/ownerReferences", "value": owners}
+    return kube.json_patch(
+        "batch/v1", "Job", job["metadata"]["name"], job["metadata"]["namespace"], [op]
+    )
 
 
 def claim_names(obj: Any) -> set[str]:
@@ -274,27 +290,25 @@ def release_caches(kube: Kube, user: dict[str, Any], keep: set[str]) -> list[str
     for pvc in kube.list("v1", "PersistentVolumeClaim", ns):
         name = pvc["metadata"]["name"]
         labels = pvc["metadata"].get("labels") or {}
-        refs = pvc["metadata"].get("ownerReferences") or []
-        if (
-            names.LABEL_CACHE not in labels
-            or name in keep
-            or uid not in {r.get("uid") for r in refs}
-        ):
+        if names.LABEL_CACHE not in labels or name in keep:
             continue
-        others = [r for r in refs if r.get("uid") != uid]
         job = kube.get("batch/v1", "Job", names.fill_job_name(name), ns)
+        # by the PVC's owners or the Job's: a stop between the two writes below leaves only
+        # the PVC naming the user, which the next pass finishes
+        if uid not in _uids(pvc) | _uids(job):
+            continue
+        others = [r for r in pvc["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
         if others:
-            op = [{"op": "replace", "path": "/metadata/ownerReferences", "value": others}]
-            kube.json_patch("v1", "PersistentVolumeClaim", name, ns, op)
+            # the Job first: the PVC names the user until both are done
             if job is not None:
-                job_others = [
-                    r for r in job["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
-                ]
-                op = [{"op": "replace", "path": "/metadata/ownerReferences", "value": job_others}]
-                kube.json_patch("batch/v1", "Job", job["metadata"]["name"], ns, op)
+                _own(kube, job, others)
+            op = [{"op": "replace", "path": "/metadata/ownerReferences", "value": others}]
+            if uid in _uids(pvc):
+                kube.json_patch("v1", "PersistentVolumeClaim", name, ns, op)
         else:
             if job is not None:
                 kube.delete("batch/v1", "Job", job["metadata"]["name"], ns)
-            kube.delete("v1", "PersistentVolumeClaim", name, ns)
+            if uid in _uids(pvc):  # never a PVC whose owners the operator did not set
+                kube.delete("v1", "PersistentVolumeClaim", name, ns)
         released.append(name)
     return released

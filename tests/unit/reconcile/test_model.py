@@ -370,6 +370,66 @@ def test_a_cache_another_model_uses_is_only_given_up():
     assert owners(job) == [("AlpacaModel", "second", False)]
 
 
+def test_a_user_that_joins_a_filled_cache_owns_its_fill_job_too():
+    """Found by the chaos suite: a user joining after the fill completed was added to the
+    PVC's owners only; when the Job's last listed owner left, the Job kept no owner at all,
+    which the garbage collector never takes."""
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc, "first")
+    shared = _cache(doc)
+    model_pass(ctx, "first")
+    complete_job(kube, names.fill_job_name(shared))
+    model_pass(ctx, "first")
+    create(kube, doc, "second")
+    model_pass(ctx, "second")
+    job = kube.stored("batch/v1", "Job", names.fill_job_name(shared), NS)
+    pvc = kube.stored("v1", "PersistentVolumeClaim", shared, NS)
+    assert owners(job) == owners(pvc)
+    new = _cache(_switch_weights(kube, "first", "https://example.com/models/other/"))
+    model_pass(ctx, "first")
+    complete_job(kube, names.fill_job_name(new))
+    model_pass(ctx, "first")  # serving switched: the shared cache is given up
+    second = [("AlpacaModel", "second", False)]
+    assert owners(kube.stored("v1", "PersistentVolumeClaim", shared, NS)) == second
+    assert owners(kube.stored("batch/v1", "Job", names.fill_job_name(shared), NS)) == second
+
+
+def test_a_release_stopped_half_way_is_finished_by_the_next_pass():
+    """The Job's owners are written before the PVC's; a stop between them leaves the PVC
+    naming the user, so the next pass finds the cache and finishes the release. A Job still
+    naming the user when the PVC no longer does (an older operator's order) is found too."""
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc, "first")
+    create(kube, doc, "second")
+    shared = _cache(doc)
+    model_pass(ctx, "first")
+    model_pass(ctx, "second")
+    pvc = kube.stored("v1", "PersistentVolumeClaim", shared, NS)
+    # an older operator stopped after the PVC's write: only the Job still names "first"
+    kube.json_patch(
+        "v1",
+        "PersistentVolumeClaim",
+        shared,
+        NS,
+        [
+            {
+                "op": "replace",
+                "path": "/metadata/ownerReferences",
+                "value": [r for r in pvc["metadata"]["ownerReferences"] if r["name"] == "second"],
+            }
+        ],
+    )
+    _switch_weights(kube, "first", "https://example.com/models/other/")
+    model_pass(ctx, "first")
+    second = [("AlpacaModel", "second", False)]
+    assert owners(kube.stored("batch/v1", "Job", names.fill_job_name(shared), NS)) == second
+    assert owners(kube.stored("v1", "PersistentVolumeClaim", shared, NS)) == second
+
+
 def test_only_a_model_on_existing_gpu_nodes_names_the_nodes_that_concern_it():
     kube = FakeKube(ALL_CRDS)
     ctx = model_context(kube)
