@@ -191,6 +191,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Run:
         user = client(cp, "chaos-user")
         for ns in workload.NAMESPACES:
             cp.kubectl_run("create", "namespace", ns)
+            cp.apply(workload.credentials_secret(ns))
         _gpu_node(user)
         for sc in workload.storage_classes():
             cp.apply(sc)
@@ -300,6 +301,34 @@ def test_no_event_storm(chaos: Run) -> None:
     storms = {key: n for key, n in counts.items() if n > EVENT_BOUND}
     assert storms == {}
     assert counts  # Events were posted at all
+
+
+def test_no_secret_appears_outside_its_secret(chaos: Run) -> None:
+    """Every model's weights name a credentials Secret: after the kills and restarts, none of
+    its values is in an operator log, a custom resource (spec, status, annotations), a child the
+    operator made (the fill Jobs take them by reference) or an Event (issue 13 item 6)."""
+    census = chaos.census
+    where = {
+        **{f"log {log.name}": log.read_text(errors="replace") for log in chaos.logs},
+        **{
+            f"{obj['kind']} {obj['metadata'].get('namespace')}/{obj['metadata']['name']}": (
+                json.dumps(obj)
+            )
+            for obj in census.custom_resources + census.children + census.events
+        },
+    }
+    leaks = [
+        f"{place}: {key}"
+        for place, text in where.items()
+        for key, value in workload.SECRET_VALUES.items()
+        if value in text
+    ]
+    assert leaks == []
+    fill_jobs = [
+        c for c in census.children if c["kind"] == "Job" and "-fill" in c["metadata"]["name"]
+    ]
+    assert fill_jobs  # the sweep looked at the Jobs that carry the credentials
+    assert all(workload.CREDENTIALS_SECRET in json.dumps(job["spec"]) for job in fill_jobs)
 
 
 def test_operator_logs_have_no_unexpected_errors(chaos: Run) -> None:

@@ -61,6 +61,25 @@ def storage_classes() -> list[dict[str, Any]]:
     ]
 
 
+CREDENTIALS_SECRET = "weights-credentials"
+SECRET_VALUES = {
+    "HF_TOKEN": "hf_chaosSentinel7Qx2Lk9Pw",
+    "HTTP_AUTHORIZATION": "Bearer chaos-sentinel-4f1e9b0d2c",
+}
+"""The credentials every model's weights name (issue 13 item 6): none of these values may
+appear anywhere but in their Secret: not in a log, a status, an Event, an annotation or a
+rendered child (the fill Job takes them from the Secret by reference)."""
+
+
+def credentials_secret(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": ns},
+        "stringData": dict(SECRET_VALUES),
+    }
+
+
 def source(ns: str, k: int) -> str:
     return f"https://weights.example/{ns}/w{k}/"
 
@@ -73,7 +92,7 @@ def model(ns: str, i: int) -> dict[str, Any]:
     """The i-th model of a namespace. Flavours by i: 0-4 CPU only, 5-6 GPUs on an existing
     node, 7 GPUs from Karpenter, 8 an adapter, 9 CPU only (in chaos-c: weights that fail)."""
     spec: dict[str, Any] = {
-        "weights": {"source": source(ns, i % 3)},
+        "weights": {"source": source(ns, i % 3), "credentialsSecret": CREDENTIALS_SECRET},
         "resources": {"gpus": 0, "cpu": "1", "memory": "6Gi"},
         "head": {"cpu": "500m", "memory": "3Gi"},
         "engine": {"maxModelLen": 1024},
