@@ -311,7 +311,7 @@ def test_no_secret_appears_outside_its_secret(chaos: Run) -> None:
     where = {
         **{f"log {log.name}": log.read_text(errors="replace") for log in chaos.logs},
         **{
-            f"{obj['kind']} {obj['metadata'].get('namespace')}/{obj['metadata']['name']}": (
+            f"{obj.get('kind', 'Event')} {obj['metadata'].get('namespace')}/{obj['metadata']['name']}": (
                 json.dumps(obj)
             )
             for obj in census.custom_resources + census.children + census.events
