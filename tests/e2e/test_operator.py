@@ -252,8 +252,9 @@ def test_metrics_endpoint(control_plane, operator, namespace):
     counter = 'alpaca_reconcile_total{kind="AlpacaModel",result="ok"}'
 
     def scraped() -> str | None:
+        # a pass counts itself, then sets the phase gauge: wait for both in one scrape
         text = scrape()
-        return text if counter in text else None
+        return text if counter in text and 'alpaca_objects{kind="AlpacaModel"' in text else None
 
     text = _wait(scraped, what="reconcile counter")
     count = next(

@@ -175,7 +175,12 @@ class Runtime:
         orphans = []
         for pool in self.store.list("karpenter.sh/v1", "NodePool"):
             owner = nodepool_owner(pool["metadata"].get("labels") or {})
-            if owner and self.store.get(API_VERSION, owner[0], owner[2], owner[1]) is None:
+            # an owner in a namespace this operator does not watch is another's to judge
+            if (
+                owner
+                and in_scope(self.namespaces, owner[1])
+                and self.store.get(API_VERSION, owner[0], owner[2], owner[1]) is None
+            ):
                 orphans.append((pool["metadata"]["name"], owner))
         return orphans
 

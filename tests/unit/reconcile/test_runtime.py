@@ -279,6 +279,17 @@ def test_start_up_sweeps_the_nodepools_whose_owner_went_while_the_operator_was_a
     assert env.api.names("NodePool") == ["kept", "not-ours"]
 
 
+def test_a_scoped_operator_sweeps_only_the_nodepools_of_namespaces_it_watches():
+    """A model in a namespace another operator watches is not in this one's store: its
+    NodePool is not an orphan (two scoped operators would delete each other's capacity)."""
+    env = Env(namespaces=[NS])
+    elsewhere: Key = ("AlpacaModel", "other-team", "m")
+    gone: Key = ("AlpacaModel", NS, "deleted-meanwhile")
+    env.seen(nodepool("theirs", elsewhere))
+    env.seen(nodepool("orphan", gone))
+    assert env.rt.become_ready() == [("orphan", gone)]
+
+
 def test_a_failed_nodepool_deletion_is_logged_not_raised(monkeypatch, caplog):
     env = Env()
 
