@@ -31,7 +31,7 @@ node-bins: ## real-node tier: Debian packages (root), then kubelet, kube-proxy, 
 	@scripts/host-packages.sh
 	@scripts/node-bins.sh
 
-crds: venv ## regenerate crds/, the chart's crds/ and ClusterRole from the API models and RBAC rules
+crds: venv ## regenerate crds/, the chart's crds/, ClusterRoles and RBAC.md from the API models and RBAC rules
 	$(VENV)/bin/alpaca-operator crds --out crds --out charts/alpaca-operator/crds --chart charts/alpaca-operator
 
 lint: venv ## ruff, formatting, import layers
