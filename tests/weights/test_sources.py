@@ -92,3 +92,51 @@ def test_local_folder_and_unsupported_scheme(served, tmp_path, term_log):
     assert same_tree(served.root / "models" / "tiny", dest)
     assert run(term_log, tmp_path / "d", "ftp://host/x") == errors.EXIT_PERMANENT
     assert read_term(term_log).startswith("InvalidSource: ")
+
+
+def test_credentials_appear_in_no_output(
+    hub, served, moto_s3, tmp_path, term_log, monkeypatch, capfd, caplog
+):
+    """Real credentials for the local Hub, HTTP and S3 servers, right and wrong: none of them is
+    in the CLI's output, its termination message (which becomes the status) or the cache's
+    own files (issue 13 item 6)."""
+    right = {
+        "HF_TOKEN": "hf_sweepSentinelRight7Kq",
+        "HTTP_AUTHORIZATION": "Bearer http-sweep-sentinel-right",
+        "AWS_SECRET_ACCESS_KEY": "aws-sweep-sentinel-right",
+    }
+    wrong = {
+        "HF_TOKEN": "hf_sweepSentinelWrong3Zt",
+        "HTTP_AUTHORIZATION": "Bearer http-sweep-sentinel-wrong",
+    }
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub.token = right["HF_TOKEN"]
+    served.token = right["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", right["AWS_SECRET_ACCESS_KEY"])
+    http = f"{served.url}/models/tiny/"
+    said = []
+    for n, (env, source, code) in enumerate(
+        [
+            (right, "hf://acme/tiny", 0),
+            (wrong, "hf://acme/tiny", errors.EXIT_PERMANENT),
+            (right, http, 0),
+            (wrong, http, errors.EXIT_PERMANENT),
+            (right, "s3://weights/tiny", 0),
+            (right, "s3://no-such-bucket/x", errors.EXIT_PERMANENT),
+        ]
+    ):
+        for key in ("HF_TOKEN", "HTTP_AUTHORIZATION"):
+            monkeypatch.setenv(key, env[key])
+        dest = tmp_path / f"cache-{n}"
+        assert run(term_log, dest, source) == code, source
+        said.append(read_term(term_log) if code else "")
+        said += [
+            p.read_text(errors="replace")
+            for p in dest.rglob("*")
+            if p.is_file() and p.stat().st_size < 1_000_000
+        ]
+    out = capfd.readouterr()
+    said += [out.out, out.err, caplog.text]
+    secrets = [*right.values(), *wrong.values()]
+    assert [s for s in secrets for text in said if s in text] == []
+    assert any(text.startswith("Unauthorized: ") for text in said)  # the wrong ones were refused

@@ -110,6 +110,7 @@ class HttpSource:
         if not self.uri.endswith("/"):
             size = httpfetch.head_size(self.uri, self.headers(), self.options.stall_seconds)
             return [RemoteFile(unquote(self.uri.rsplit("/", 1)[-1]), size, self.uri)]
+        import aiohttp
         import fsspec
 
         fs = fsspec.filesystem("http", headers=self.headers(), skip_instance_cache=True)
@@ -117,7 +118,9 @@ class HttpSource:
             found = fs.find(self.uri, detail=True)
         except FileNotFoundError as exc:
             raise WeightsError(errors.SOURCE_NOT_FOUND, f"{self.uri} not found") from exc
-        except OSError as exc:
+        except (OSError, aiohttp.ClientError) as exc:
+            # a refused listing (401, 403) comes as aiohttp's ClientResponseError, no OSError:
+            # it escaped as a crash (exit 1, retried) instead of Unauthorized
             raise httpfetch.classify_listing_error(self.uri, exc) from exc
         out = []
         for url, info in found.items():
