@@ -17,7 +17,7 @@ from alpaca_dev import images as image_builds
 from alpaca_dev import stack
 from alpaca_dev.node import Node, NodeUnavailable, check_host
 from alpaca_dev.smollm2 import ensure_smollm2
-from tests.conftest import thirdparty_crd_dir
+from tests.conftest import POD_SECURITY_MODES, thirdparty_crd_dir
 from tests.tiny_llama import FIXTURE, build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,8 +90,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def isolated_namespace(cluster: Cluster, name: str) -> Iterator[str]:
     """A namespace for one module, deleted afterwards with everything in it (its pods gone
-    before the next module needs the node's CPUs)."""
+    before the next module needs the node's CPUs). It enforces the `restricted` Pod Security
+    Standard, as the other tiers' namespaces do: every pod the node runs there (fill and
+    training Jobs, Ray head and workers, KubeRay's autoscaler sidecar) must meet it."""
     cp = cluster.node.cp
-    cp.kubectl_run("create", "namespace", name)
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in POD_SECURITY_MODES}
+    cp.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
     yield name
     cp.kubectl_run("delete", "namespace", name, "--wait=true", timeout=600, check=False)
