@@ -120,6 +120,14 @@ def test_request_counter_moves(client, served):
     while requests_served(scrape()) < before + 3:
         assert time.monotonic() < deadline, "the Serve request counter did not move"
         time.sleep(2)
-    # the engine's metrics are exported by the node its replica runs on (the worker)
-    with urllib.request.urlopen(served.engine_metrics_url, timeout=10) as resp:
-        assert "vllm" in resp.read().decode().lower()
+
+    # the engine's metrics are exported by the node its replica runs on (the worker), pushed
+    # there by the replica's process on an interval: wait for them, a busy machine delays it
+    def engine_metrics() -> str:
+        with urllib.request.urlopen(served.engine_metrics_url, timeout=10) as resp:
+            return resp.read().decode().lower()
+
+    deadline = time.monotonic() + 120
+    while "vllm" not in engine_metrics():
+        assert time.monotonic() < deadline, "the worker node never exported the engine's metrics"
+        time.sleep(2)
