@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,36 +86,35 @@ class Audit:
     def mark(self) -> None:
         self.offset = self.path.stat().st_size
 
-    def by_kind(self) -> dict[str, int]:
-        """The operator's requests since the mark, by verb and resource (watches apart)."""
-        counts: dict[str, int] = {}
+    def _ours(self) -> Iterator[dict[str, Any]]:
+        """The operator's audit entries since the mark."""
         with self.path.open("rb") as f:
             f.seek(self.offset)
             for line in f:
                 entry = json.loads(line)
-                if not str(entry.get("userAgent", "")).startswith(OURS):
-                    continue
-                if entry.get("verb") == "watch" or entry.get("stage") != "ResponseComplete":
-                    continue
-                ref = entry.get("objectRef") or {}
-                sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
-                key = f"{entry.get('verb')} {ref.get('resource', '?')}{sub}"
-                counts[key] = counts.get(key, 0) + 1
+                if str(entry.get("userAgent", "")).startswith(OURS):
+                    yield entry
+
+    def by_kind(self) -> dict[str, int]:
+        """The operator's requests since the mark, by verb and resource (watches apart)."""
+        counts: dict[str, int] = {}
+        for entry in self._ours():
+            if entry.get("verb") == "watch" or entry.get("stage") != "ResponseComplete":
+                continue
+            ref = entry.get("objectRef") or {}
+            sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+            key = f"{entry.get('verb')} {ref.get('resource', '?')}{sub}"
+            counts[key] = counts.get(key, 0) + 1
         return counts
 
     def count(self) -> tuple[int, int]:
         """(requests, watches) of the operator since the mark."""
         requests = watches = 0
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            for line in f:
-                entry = json.loads(line)
-                if not str(entry.get("userAgent", "")).startswith(OURS):
-                    continue
-                if entry.get("verb") == "watch":
-                    watches += entry.get("stage") == "ResponseStarted"
-                elif entry.get("stage") == "ResponseComplete":
-                    requests += 1
+        for entry in self._ours():
+            if entry.get("verb") == "watch":
+                watches += entry.get("stage") == "ResponseStarted"
+            elif entry.get("stage") == "ResponseComplete":
+                requests += 1
         return requests, watches
 
 

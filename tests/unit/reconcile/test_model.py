@@ -13,7 +13,7 @@ from typing import Any
 
 from alpaca_operator import conditions as cond
 from alpaca_operator.api import AlpacaModelSpec
-from alpaca_operator.reconcile.model import RAYSERVICE_CRD
+from alpaca_operator.reconcile.model import RAYSERVICE_CRD, ModelContext
 from alpaca_operator.render import names
 
 from .fake_kube import FakeKube
@@ -324,6 +324,18 @@ def test_a_fill_failure_reason_reaches_the_status():
     assert ("Warning", "ChecksumMismatch") in [(e.type, e.reason) for e in outcome.events]
 
 
+def _two_users_of_one_cache() -> tuple[FakeKube, ModelContext, str]:
+    """Models "first" and "second" with the same weights, each passed once: one shared cache."""
+    kube = FakeKube(ALL_CRDS)
+    ctx = model_context(kube)
+    doc = example("alpaca-local.yaml")
+    create(kube, doc, "first")
+    create(kube, doc, "second")
+    model_pass(ctx, "first")
+    model_pass(ctx, "second")
+    return kube, ctx, _cache(doc)
+
+
 def _switch_weights(kube: FakeKube, name: str, source: str) -> dict[str, Any]:
     obj = kube.objects[(API, "AlpacaModel", NS, name)]
     obj["spec"]["weights"]["source"] = source
@@ -353,14 +365,7 @@ def test_new_weights_release_the_old_cache_once_serving_switched():
 
 
 def test_a_cache_another_model_uses_is_only_given_up():
-    kube = FakeKube(ALL_CRDS)
-    ctx = model_context(kube)
-    doc = example("alpaca-local.yaml")
-    create(kube, doc, "first")
-    create(kube, doc, "second")
-    shared = _cache(doc)
-    model_pass(ctx, "first")
-    model_pass(ctx, "second")
+    kube, ctx, shared = _two_users_of_one_cache()
     _switch_weights(kube, "first", "https://example.com/models/other/")
     model_pass(ctx, "first")  # nothing served from the shared cache yet: released at once
     assert owners(kube.stored("v1", "PersistentVolumeClaim", shared, NS)) == [
@@ -400,14 +405,7 @@ def test_a_release_stopped_half_way_is_finished_by_the_next_pass():
     """The Job's owners are written before the PVC's; a stop between them leaves the PVC
     naming the user, so the next pass finds the cache and finishes the release. A Job still
     naming the user when the PVC no longer does (an older operator's order) is found too."""
-    kube = FakeKube(ALL_CRDS)
-    ctx = model_context(kube)
-    doc = example("alpaca-local.yaml")
-    create(kube, doc, "first")
-    create(kube, doc, "second")
-    shared = _cache(doc)
-    model_pass(ctx, "first")
-    model_pass(ctx, "second")
+    kube, ctx, shared = _two_users_of_one_cache()
     pvc = kube.stored("v1", "PersistentVolumeClaim", shared, NS)
     # an older operator stopped after the PVC's write: only the Job still names "first"
     kube.json_patch(
