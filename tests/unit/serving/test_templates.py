@@ -131,7 +131,9 @@ def test_local_command_config(tmp_path):
 
     model = tmp_path / "SmolLM2"
     model.mkdir()
-    args = argparse.Namespace(config=None, model=str(model), name=None, template=None, cpu=True)
+    args = argparse.Namespace(
+        config=None, model=str(model), name=None, template=None, cpu=True, request_path=None
+    )
     config = config_from(args)
     assert config.served_model_name == "smollm2" and config.accelerator == "cpu"
     assert config.engine_kwargs["dtype"] == "bfloat16"

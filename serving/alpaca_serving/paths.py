@@ -1,0 +1,59 @@
+"""Which request path a serving application takes: Ray Serve's fast path or its standard one.
+
+fast: HAProxy on every Ray node instead of Serve's Python proxy, replicas that take requests on
+ports of their own (direct ingress), and the LLMServer deployment as the application's ingress
+(direct streaming: no OpenAI ingress deployment between proxy and engine).
+standard: Serve's Python proxy, an OpenAI ingress deployment (ours with adapters), then the
+LLMServer.
+
+Ray reads these variables once, when its modules are imported, in every Ray process: the Serve
+controller and the builder on the head, the proxies on every node, the replicas. So they are
+container env of every Ray pod (the operator) or set before `ray.init()` (the local command);
+the builder (`app.build_app`) reads the same variable Ray does to know which path it is on.
+
+LoRA adapters need the standard path: Serve's HAProxy ingress ignores the multiplexed model id
+that Ray Serve LLM's adapter multiplexing routes on, and our ingress (which lists the adapters
+in /v1/models) is an ingress deployment the fast path has none of. Pure: no Ray, no vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Literal
+
+from alpaca_serving.config import ServingConfig
+
+RequestPath = Literal["fast", "standard"]
+
+DIRECT_STREAMING: Final = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
+"""What Ray Serve LLM's builder reads (`== "1"`) to make the LLMServer the ingress."""
+
+FAST_PATH_ENV: Final[Mapping[str, str]] = {
+    # HAProxy replaces Serve's Python proxy on every node (it implies direct ingress)
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # gRPC between deployments, direct ingress, GC frozen after start-up
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # the LLMServer is the ingress: no OpenAI ingress deployment in between
+    DIRECT_STREAMING: "1",
+    # replicas listen on every interface: HAProxy on other nodes sends to them (Ray 2.60 forces
+    # this under HAProxy; set as its docs ask for clusters of several nodes)
+    "RAY_SERVE_DEFAULT_HTTP_HOST": "0.0.0.0",
+}
+
+
+def request_path(config: ServingConfig) -> RequestPath:
+    """The path `config` is served on: fast unless forced standard or it has LoRA adapters
+    (`request_path: fast` with adapters is refused when the config is validated)."""
+    if config.request_path == "standard" or config.adapters:
+        return "standard"
+    return "fast"
+
+
+def environment(path: RequestPath) -> dict[str, str]:
+    """The variables every Ray process of the application needs for `path`."""
+    return dict(FAST_PATH_ENV) if path == "fast" else {}
+
+
+def process_path(environ: Mapping[str, str]) -> RequestPath:
+    """The path Ray takes in a process with this environment (what Ray Serve LLM reads)."""
+    return "fast" if environ.get(DIRECT_STREAMING) == "1" else "standard"

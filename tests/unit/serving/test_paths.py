@@ -1,0 +1,209 @@
+"""Ray Serve's fast request path by default, the standard one for LoRA adapters (decision 39):
+the rule, the builder's arguments on each path and the local command's --request-path."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from alpaca_serving import paths
+from alpaca_serving.config import ServingConfig
+from alpaca_serving.serve_config import application_entry
+
+BASE = {"model_path": "/models/m", "served_model_name": "m", "accelerator": "cpu"}
+ADAPTERS = [{"name": "sql", "path": "/models/sql-cache"}]
+FAST_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+    "RAY_SERVE_DEFAULT_HTTP_HOST": "0.0.0.0",
+}
+
+
+def _config(**fields: Any) -> ServingConfig:
+    return ServingConfig.model_validate({**BASE, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({}, "fast"),
+        ({"request_path": "fast"}, "fast"),
+        ({"request_path": "standard"}, "standard"),
+        ({"adapters": ADAPTERS}, "standard"),
+        ({"adapters": ADAPTERS, "request_path": "standard"}, "standard"),
+    ],
+)
+def test_fast_unless_adapters_or_forced_standard(fields, path):
+    assert paths.request_path(_config(**fields)) == path
+
+
+def test_fast_with_adapters_is_refused_naming_the_field_and_why():
+    with pytest.raises(ValidationError) as refused:
+        _config(adapters=ADAPTERS, request_path="fast")
+    message = str(refused.value)
+    assert "request_path: fast cannot serve LoRA adapters (adapters)" in message
+    assert "multiplexed model id" in message and "use auto or standard" in message
+
+
+def test_the_fast_path_environment():
+    assert paths.FAST_PATH_ENV == FAST_ENV
+    assert paths.environment("fast") == FAST_ENV
+    assert paths.environment("standard") == {}
+
+
+@pytest.mark.parametrize(
+    ("environ", "path"),
+    [({}, "standard"), ({paths.DIRECT_STREAMING: "0"}, "standard"), (FAST_ENV, "fast")],
+)
+def test_the_process_path_is_what_ray_serve_llm_reads(environ, path):
+    assert paths.process_path(environ) == path
+    # Ray compares with "1": another truthy spelling is not the fast path to it
+    assert paths.process_path({paths.DIRECT_STREAMING: "true"}) == "standard"
+
+
+def test_the_entry_leaves_auto_out_and_keeps_a_forced_path():
+    """The entry of a model rendered before the field existed is unchanged (no Serve redeploy)."""
+    assert "request_path" not in application_entry(_config())["args"]
+    forced = application_entry(_config(request_path="standard"))["args"]
+    assert forced["request_path"] == "standard"
+    assert ServingConfig.model_validate(forced) == _config(request_path="standard")
+
+
+# --- app.build_app: Ray Serve LLM's builder arguments on each path (no Ray started) ---
+
+
+@pytest.fixture
+def builder_args(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What build_app hands Ray Serve LLM's build_openai_app, captured instead of building."""
+    pytest.importorskip("ray.serve.llm")
+    import ray.serve.llm
+
+    for key in FAST_ENV:
+        monkeypatch.delenv(key, raising=False)
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray.serve.llm, "build_openai_app", lambda b: seen.append(b) or "app")
+    return seen
+
+
+def test_standard_path_builder_is_as_before(builder_args):
+    from alpaca_serving.adapters import AlpacaIngress
+    from alpaca_serving.app import build_app
+
+    assert build_app(BASE) == "app"
+    assert build_app({**BASE, "adapters": ADAPTERS}) == "app"
+    plain, adapted = builder_args
+    assert set(plain) == {"llm_configs", "ingress_deployment_config"}
+    assert plain["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0}}
+    assert set(adapted) == {"llm_configs", "ingress_deployment_config", "ingress_cls_config"}
+    assert adapted["ingress_cls_config"] == {
+        "ingress_cls": AlpacaIngress,
+        "ingress_extra_kwargs": {"adapters": {"m": ["sql"]}},
+    }
+    # a config that would take the fast path is still built on a process without it
+    assert [c.model_id for c in plain["llm_configs"]] == ["m"]
+
+
+def test_fast_path_builder_has_no_ingress_of_ours(builder_args, monkeypatch):
+    from ray.llm._internal.serve.core.ingress.builder import (
+        LLMServingArgs,
+        _validate_direct_streaming_ingress_config,
+    )
+
+    from alpaca_serving.app import build_app
+
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert build_app(BASE) == "app"
+    [builder] = builder_args
+    assert set(builder) == {"llm_configs"} and len(builder["llm_configs"]) == 1
+    # what Ray's builder checks under direct streaming, passed
+    args = LLMServingArgs.model_validate(builder)
+    _validate_direct_streaming_ingress_config(
+        args.ingress_deployment_config, args.ingress_cls_config
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [({"adapters": ADAPTERS}, "it has LoRA adapters"), ({"request_path": "standard"}, "standard")],
+)
+def test_fast_process_refuses_a_standard_config(builder_args, monkeypatch, fields, why):
+    from alpaca_serving.app import build_app
+
+    monkeypatch.setenv(paths.DIRECT_STREAMING, "1")
+    with pytest.raises(ValueError, match="must be served on Ray Serve's standard path") as e:
+        build_app({**BASE, **fields})
+    assert why in str(e.value) and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1" in str(e.value)
+    assert builder_args == []
+
+
+# --- the local command: --request-path, and the environment Ray starts with ---
+
+
+@pytest.fixture
+def local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """`python -m alpaca_serving serve` up to starting Ray: what it would start it with."""
+    import alpaca_serving.__main__ as command
+
+    for key in FAST_ENV:
+        monkeypatch.delenv(key, raising=False)
+    started: dict[str, Any] = {}
+
+    def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
+        started.update(config=config, env={k: os.environ[k] for k in FAST_ENV if k in os.environ})
+        return 0
+
+    monkeypatch.setattr(command, "run_app", run_app)
+    (tmp_path / "m").mkdir()
+    started["model"] = str(tmp_path / "m")
+    return started
+
+
+def _serve(local: dict[str, Any], *flags: str) -> int:
+    from alpaca_serving.__main__ import main
+
+    return main(["serve", "--model", local["model"], "--cpu", *flags])
+
+
+def test_local_command_takes_the_fast_path_by_default(local, capsys):
+    assert _serve(local) == 0
+    assert local["env"] == FAST_ENV
+    assert local["config"].request_path == "auto"
+    assert "Ray Serve's fast request path" in capsys.readouterr().err
+
+
+def test_local_command_standard_path_takes_the_variables_out(local, monkeypatch, capsys):
+    for key, value in FAST_ENV.items():  # exported in the user's shell
+        monkeypatch.setenv(key, value)
+    assert _serve(local, "--request-path", "standard") == 0
+    assert local["env"] == {}
+    assert local["config"].request_path == "standard"
+    assert "Ray Serve's standard request path" in capsys.readouterr().err
+
+
+def test_local_command_with_adapters_takes_the_standard_path(local, tmp_path, capsys):
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump({"adapters": [{"name": "sql", "path": str(tmp_path)}]}))
+    assert _serve(local, "--config", str(config)) == 0
+    assert local["env"] == {}
+    assert "for the LoRA adapters" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        _serve(local, "--config", str(config), "--request-path", "fast")
+    assert refused.value.code == 2
+    assert "request_path: fast cannot serve LoRA adapters" in capsys.readouterr().err
+
+
+def test_local_command_flag_overrides_the_config_file(local, tmp_path):
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump({"request_path": "standard"}))
+    assert _serve(local, "--config", str(config)) == 0
+    assert local["env"] == {}
+    assert _serve(local, "--config", str(config), "--request-path", "auto") == 0
+    assert local["env"] == FAST_ENV
