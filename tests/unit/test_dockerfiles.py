@@ -77,6 +77,7 @@ SOURCES = {
         "operator",
         "serving/alpaca_serving/__init__.py",
         "serving/alpaca_serving/config.py",
+        "serving/alpaca_serving/paths.py",
         "serving/alpaca_serving/serve_config.py",
         "weights/alpaca_weights/__init__.py",
         "weights/alpaca_weights/contract.py",
@@ -151,6 +152,7 @@ def test_the_operator_image_holds_exactly_the_serving_and_weights_modules_it_imp
     assert imported == [
         "alpaca_serving",
         "alpaca_serving.config",
+        "alpaca_serving.paths",
         "alpaca_serving.serve_config",
         "alpaca_weights",
         "alpaca_weights.contract",

@@ -21,6 +21,11 @@ RESCALED = "Rescaled"
 
 
 def _pod_shape(template: dict[str, Any]) -> dict[str, Any]:
+    """What needs new pods when it changes. Not the containers' env: its only variables, Ray
+    Serve's fast path (decision 39), change with the adapter volumes (a model takes the standard
+    path exactly when it has adapters), so a model moving between paths is recreated anyway;
+    and a cluster made before the fast path existed keeps serving on the standard path, which
+    works, rather than every model going down once when the operator is upgraded."""
     spec = template.get("spec", {})
     return {
         "containers": [

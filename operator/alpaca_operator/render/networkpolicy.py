@@ -6,8 +6,9 @@ run code in the model's pods, with its weights and credentials. The policy selec
 of the model (head and workers) and lets in only:
 
 - the model's own Ray pods, on every port (GCS, raylets, object transfer, Serve's replicas);
-- anyone on the Serve HTTP port (the OpenAI API the endpoint Service sends to) and on Ray's
-  metrics port (read-only; Prometheus runs wherever the cluster keeps it);
+- anyone on the Serve HTTP port (the OpenAI API the endpoint Service sends to) and on the
+  metrics ports, Ray's and HAProxy's on Ray Serve's fast path (read-only; Prometheus runs
+  wherever the cluster keeps it);
 - pods of the configured namespaces (KubeRay's, the operator's) on the dashboard port, which
   KubeRay uses to deploy the Serve application and read its status.
 
@@ -21,7 +22,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from alpaca_operator.render import names
-from alpaca_operator.render.rayservice import DASHBOARD_PORT, METRICS_PORT, SERVE_PORT
+from alpaca_operator.render.rayservice import (
+    DASHBOARD_PORT,
+    HAPROXY_METRICS_PORT,
+    METRICS_PORT,
+    SERVE_PORT,
+)
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the apiserver on every namespace
 
@@ -37,7 +43,8 @@ def ray_network_policy(
     ray_pods = {"matchLabels": names.ray_pod_labels(name)}
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": names.ray_pod_labels(name)}}]},
-        {"ports": _tcp(SERVE_PORT, METRICS_PORT)},  # no `from`: every source
+        # no `from`: every source (nothing listens on HAProxy's port on the standard path)
+        {"ports": _tcp(SERVE_PORT, METRICS_PORT, HAPROXY_METRICS_PORT)},
     ]
     allowed = sorted(set(dashboard_namespaces))
     if allowed:

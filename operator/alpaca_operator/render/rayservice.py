@@ -11,10 +11,13 @@ from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE, Placement
 from alpaca_operator.render.security import container_security, pod_security
+from alpaca_serving import paths
+from alpaca_serving.config import ServingConfig
 
-SERVE_PORT = 8000  # Ray Serve's HTTP proxy: the OpenAI API
+SERVE_PORT = 8000  # Ray Serve's HTTP proxy (HAProxy on the fast path): the OpenAI API
 DASHBOARD_PORT = 8265  # Ray's dashboard and Jobs API (KubeRay submits the Serve config here)
 METRICS_PORT = 8080  # Ray's Prometheus metrics (vLLM's among them)
+HAPROXY_METRICS_PORT = 9101  # HAProxy's Prometheus metrics, on Ray Serve's fast path
 MODELS_MOUNT = "/models"
 # None: KubeRay never starts a second RayCluster beside the first (NewCluster would need twice
 # the GPUs during every change). Serve config changes (engine, adapters, autoscaling) are applied
@@ -31,9 +34,13 @@ AUTOSCALER_RESOURCES = {
 
 
 def _container(
-    name: str, image: str, resources: dict[str, Any], mounts: list[dict[str, Any]]
+    name: str,
+    image: str,
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+    env: dict[str, str],
 ) -> dict[str, Any]:
-    return {
+    container: dict[str, Any] = {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
@@ -42,6 +49,16 @@ def _container(
         # Ray writes session files under /tmp and the image's home; vLLM compiles kernels.
         "securityContext": container_security(read_only_root=False),
     }
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return container
+
+
+def ray_env(application: dict[str, Any]) -> dict[str, str]:
+    """What every Ray container of the application needs in its environment before `ray start`:
+    Ray Serve's fast-path variables when its config takes that path (alpaca_serving.paths)."""
+    config = ServingConfig.model_validate(application["args"])
+    return paths.environment(paths.request_path(config))
 
 
 def _volumes(
@@ -101,7 +118,10 @@ def rayservice(
         "requests": {"cpu": spec.head.cpu, "memory": spec.head.memory},
         "limits": {"memory": spec.head.memory},
     }
-    head = _container("ray-head", image, head_resources, head_mounts)
+    # Ray reads them in every process (controller and builder on the head, HAProxy on every
+    # node, the replicas on the workers): the same on head and workers
+    env = ray_env(application)
+    head = _container("ray-head", image, head_resources, head_mounts, env)
     head["ports"] = [
         {"name": "gcs", "containerPort": 6379},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
@@ -117,6 +137,7 @@ def rayservice(
                 image,
                 {"requests": dict(worker_resources), "limits": dict(worker_resources)},
                 worker_mounts,
+                env,
             )
         ],
         "volumes": worker_volumes,

@@ -7,8 +7,10 @@ import copy
 from typing import Any
 
 from alpaca_operator import conditions as cond
+from alpaca_operator.api import AlpacaModelSpec
+from alpaca_operator.reconcile.serving import application_for
 from alpaca_operator.reconcile.upgrade import RECREATED, RESCALED, settle_cluster
-from alpaca_operator.render import names
+from alpaca_operator.render import capacity, names, rayservice
 
 from .fake_kube import FakeKube
 from .support import (
@@ -150,3 +152,51 @@ def test_a_model_given_more_memory_recreates_its_cluster_with_an_event():
     assert kube.names("RayCluster") == []  # KubeRay makes it again from the new spec
     assert ("Normal", cond.RAYCLUSTER_RECREATED) in [(e.type, e.reason) for e in outcome.events]
     assert names.rayservice_name("smollm2") in kube.names("RayService")
+
+
+def _rendered(adapters: list[dict[str, Any]]) -> dict[str, Any]:
+    """smollm2's RayService as rendered, with `adapters`, its status naming CLUSTER."""
+    spec = AlpacaModelSpec.model_validate(
+        {**example("alpaca-local.yaml")["spec"], "adapters": adapters}
+    )
+    place = capacity.placement(spec.capacity, spec.resources, NS, "smollm2")
+    app = application_for(spec, "/models/x", "smollm2")
+    rs = rayservice.rayservice(spec, "smollm2", NS, app, "img", "2.60.0", place)
+    return {**rs, "status": {"activeServiceStatus": {"rayClusterName": CLUSTER}}}
+
+
+def _envs(rs: dict[str, Any]) -> list[Any]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    return [c.get("env") for t in templates for c in t["spec"]["containers"]]
+
+
+def test_a_model_changing_request_path_recreates_its_cluster():
+    """Ray reads the fast path's variables when its processes start: a model given its first
+    adapter (or losing its last) needs new pods, and gets them with the adapter volumes."""
+    fast, standard = _rendered([]), _rendered([{"name": "a", "source": "hf://o/a"}])
+    assert all(_envs(fast)) and not any(_envs(standard))
+    for live, desired in ((fast, standard), (standard, fast)):
+        kube = FakeKube()
+        _cluster(kube, live)
+        assert settle_cluster(kube, desired, desired) == RECREATED
+
+
+def test_a_cluster_made_before_the_fast_path_is_not_recreated_for_it():
+    """Upgrading the operator does not take every model down once: a cluster without the
+    variables serves on the standard path (which works) until it is recreated for a change."""
+    desired = _rendered([])
+    before = copy.deepcopy(desired)
+    for container in [
+        *before["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"],
+        *before["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"][
+            "containers"
+        ],
+    ]:
+        del container["env"]
+    kube = FakeKube()
+    _cluster(kube, before)
+    assert settle_cluster(kube, desired, desired) is None
+    assert kube.writes == 0

@@ -72,7 +72,8 @@ def test_only_the_serve_and_metrics_ports_are_open_to_everyone():
     endpoint = rayservice.endpoint_service(name, "team")["spec"]["ports"][0]["targetPort"]
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
-    assert [p["port"] for p in open_["ports"]] == [endpoint, ports["metrics"]]
+    # HAProxy's metrics on Ray Serve's fast path (decision 39), not a container port of ours
+    assert [p["port"] for p in open_["ports"]] == [endpoint, ports["metrics"], 9101]
     assert [p["port"] for p in dashboard["ports"]] == [ports["dashboard"]]
     assert ports["gcs"] not in [p["port"] for p in open_["ports"] + dashboard["ports"]]
     peer = dashboard["from"][0]
