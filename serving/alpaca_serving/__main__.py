@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,18 @@ def serve(args: argparse.Namespace, config: ServingConfig) -> int:
         + (", for the LoRA adapters" if config.adapters else ""),
     }[path]
     print(f"alpaca_serving: Ray Serve's {path} request path ({how})", file=sys.stderr, flush=True)
-    return run_app(args, config)
+    if path != "fast":
+        return run_app(args, config)
+    # HAProxy's config, sockets and state go to fixed paths under /tmp unless told otherwise:
+    # fine in a pod, but on a workstation two servers (or two users) would share them
+    with tempfile.TemporaryDirectory(prefix="alpaca-haproxy-") as folder:
+        added = {k: v for k, v in paths.haproxy_files(folder).items() if k not in os.environ}
+        os.environ.update(added)
+        try:
+            return run_app(args, config)
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
 
 
 def run_app(args: argparse.Namespace, config: ServingConfig) -> int:

@@ -57,3 +57,15 @@ def environment(path: RequestPath) -> dict[str, str]:
 def process_path(environ: Mapping[str, str]) -> RequestPath:
     """The path Ray takes in a process with this environment (what Ray Serve LLM reads)."""
     return "fast" if environ.get(DIRECT_STREAMING) == "1" else "standard"
+
+
+def haproxy_files(folder: str) -> dict[str, str]:
+    """The variables that put HAProxy's files (config, admin and metrics sockets, server state)
+    in `folder` instead of Ray's fixed /tmp/haproxy-serve."""
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+    }

@@ -158,6 +158,8 @@ def local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
     def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
         started.update(config=config, env={k: os.environ[k] for k in FAST_ENV if k in os.environ})
+        files = paths.haproxy_files("")
+        started["haproxy"] = {k: os.environ[k] for k in files if k in os.environ}
         return 0
 
     monkeypatch.setattr(command, "run_app", run_app)
@@ -207,3 +209,34 @@ def test_local_command_flag_overrides_the_config_file(local, tmp_path):
     assert local["env"] == {}
     assert _serve(local, "--config", str(config), "--request-path", "auto") == 0
     assert local["env"] == FAST_ENV
+
+
+def test_local_command_keeps_haproxys_files_in_a_folder_of_its_own(local, monkeypatch):
+    """Ray puts them under a fixed /tmp/haproxy-serve unless told otherwise: two servers on one
+    workstation would share them. The folder goes when the command ends."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(Path(local["model"]).parent))
+    assert _serve(local) == 0
+    files = local["haproxy"]
+    assert set(files) == set(paths.haproxy_files(""))
+    folder = Path(files["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert folder.parent == Path(local["model"]).parent
+    assert all(Path(v).parent == folder for k, v in files.items() if not k.endswith("BASE"))
+    assert not folder.exists()
+    assert not any(k in os.environ for k in files)
+    assert _serve(local, "--request-path", "standard") == 0
+    assert local["haproxy"] == {}
+
+
+def test_haproxy_files_cover_every_path_ray_keeps_under_tmp():
+    """Each HAProxy file Ray defaults to /tmp/haproxy-serve is one we move (read from the
+    installed Ray, so an upgrade that adds one fails here)."""
+    import re
+
+    import ray.serve._private.constants as constants
+
+    text = Path(constants.__file__).read_text()
+    defaults = set(re.findall(r'"(RAY_SERVE_HAPROXY_\w+)",\s*"/tmp/haproxy-serve', text))
+    assert defaults
+    assert defaults == set(paths.haproxy_files(""))
