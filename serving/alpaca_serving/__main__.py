@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace, config: ServingConfig) -> int:
         return run_app(args, config)
     # HAProxy's config, sockets and state go to fixed paths under /tmp unless told otherwise:
     # fine in a pod, but on a workstation two servers (or two users) would share them
-    with tempfile.TemporaryDirectory(prefix="alpaca-haproxy-") as folder:
+    with tempfile.TemporaryDirectory(prefix="haproxy-", dir=paths.haproxy_parent()) as folder:
         added = {k: v for k, v in paths.haproxy_files(folder).items() if k not in os.environ}
         os.environ.update(added)
         try:
@@ -90,7 +90,11 @@ def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
 
     from alpaca_serving.app import build_app
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        _metrics_export_port=args.metrics_port,  # Ray's and vLLM's Prometheus metrics
+    )
     try:
         ray_serve.start(http_options={"host": args.host, "port": args.port})
         ray_serve.run(
@@ -131,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument(
         "--num-cpus", type=int, default=8, help="logical CPUs Ray offers (each CPU replica takes 2)"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="where Ray serves its Prometheus metrics, vLLM's among them (default: a free port; "
+        "on the fast path HAProxy's own are on RAY_SERVE_HAPROXY_METRICS_PORT, 9101)",
     )
     args = parser.parse_args(argv)
     if not (args.config or args.model):

@@ -18,6 +18,7 @@ in /v1/models) is an ingress deployment the fast path has none of. Pure: no Ray,
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from typing import Final, Literal
 
@@ -57,6 +58,20 @@ def environment(path: RequestPath) -> dict[str, str]:
 def process_path(environ: Mapping[str, str]) -> RequestPath:
     """The path Ray takes in a process with this environment (what Ray Serve LLM reads)."""
     return "fast" if environ.get(DIRECT_STREAMING) == "1" else "standard"
+
+
+HAPROXY_SOCKET_PATH_MAX: Final = 97
+"""HAProxy refuses a longer socket path."""
+# what Ray adds under the folder it is given: a node-id folder (56 hex digits), then the file
+_UNDER_FOLDER: Final = len("/") + 56 + len("/metrics.sock")
+
+
+def haproxy_parent(temp: str | None = None) -> str:
+    """Where the command's HAProxy folder (`haproxy-` and 8 random characters) goes: the
+    temporary folder, unless its path is too long for HAProxy's sockets, then /tmp."""
+    temp = temp or tempfile.gettempdir()
+    longest = len(temp) + len("/haproxy-12345678") + _UNDER_FOLDER
+    return temp if longest <= HAPROXY_SOCKET_PATH_MAX else "/tmp"
 
 
 def haproxy_files(folder: str) -> dict[str, str]:

@@ -221,7 +221,7 @@ def test_local_command_keeps_haproxys_files_in_a_folder_of_its_own(local, monkey
     files = local["haproxy"]
     assert set(files) == set(paths.haproxy_files(""))
     folder = Path(files["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
-    assert folder.parent == Path(local["model"]).parent
+    assert folder.parent == Path(paths.haproxy_parent(str(Path(local["model"]).parent)))
     assert all(Path(v).parent == folder for k, v in files.items() if not k.endswith("BASE"))
     assert not folder.exists()
     assert not any(k in os.environ for k in files)
@@ -240,3 +240,14 @@ def test_haproxy_files_cover_every_path_ray_keeps_under_tmp():
     defaults = set(re.findall(r'"(RAY_SERVE_HAPROXY_\w+)",\s*"/tmp/haproxy-serve', text))
     assert defaults
     assert defaults == set(paths.haproxy_files(""))
+
+
+def test_haproxys_folder_leaves_its_sockets_within_haproxys_limit():
+    """Ray adds a 56-digit node folder under it; HAProxy refuses socket paths over 97."""
+    assert paths.haproxy_parent("/tmp/r") == "/tmp/r"
+    deep = "/tmp/" + "d" * 40
+    assert paths.haproxy_parent(deep) == "/tmp"
+    for temp in ("/tmp", "/tmp/r", deep):
+        parent = paths.haproxy_parent(temp)
+        sock = f"{parent}/haproxy-12345678/{'0' * 56}/metrics.sock"
+        assert len(sock) <= paths.HAPROXY_SOCKET_PATH_MAX
