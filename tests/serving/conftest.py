@@ -7,6 +7,7 @@ serving tests, stopped in teardown with everything it left in /dev/shm and /tmp.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -285,4 +286,99 @@ def served(tiny_with_adapter: tuple[Path, Path]) -> Iterator[Served]:
     base, adapter = tiny_with_adapter
     adapters = [{"name": ADAPTER, "path": str(adapter)}]
     with serve_app(base, MODEL, adapters=adapters, autoscaling=SCALABLE) as app:
+        yield app
+
+
+@dataclass
+class LocalServe:
+    """`python -m alpaca_serving serve` in a process of its own, as a workstation runs it."""
+
+    base_url: str
+    model: str
+    model_path: Path
+    metrics_url: str  # HAProxy's exporter on the fast path, else Ray's
+    engine_metrics_url: str  # Ray's: the replicas' (vLLM's) metrics
+    proc: subprocess.Popen[bytes]
+    log: Path
+    path: str  # Ray Serve's request path: fast or standard
+
+
+@contextlib.contextmanager
+def serve_command(model_path: Path, name: str, *flags: str) -> Iterator[LocalServe]:
+    """The local command on a free loopback port, its Ray and HAProxy files in a folder of its
+    own; stopped with Ctrl-C (SIGINT), and whatever it left is gone afterwards."""
+    import openai
+
+    shm_before = engine_shm_files()
+    tmp = tempfile.mkdtemp(prefix="rays", dir="/tmp")
+    port, metrics_port, haproxy_port = free_port(), free_port(), free_port()
+    env = dict(
+        os.environ,
+        TMPDIR=tmp,
+        VLLM_CACHE_ROOT=f"{tmp}/vllm",
+        TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor",
+        # HAProxy's exporter and stats page are on fixed ports unless told otherwise
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(haproxy_port),
+        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+    )
+    log = Path(tmp) / "serve.log"
+    config = Path(tmp) / "serving.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model_path": str(model_path),
+                "served_model_name": name,
+                "accelerator": "cpu",
+                "engine_kwargs": ENGINE,  # the other app's: the command's --cpu defaults are larger
+            }
+        )
+    )
+    command = [
+        *(sys.executable, "-m", "alpaca_serving", "serve", "--config", str(config)),
+        *("--port", str(port), "--metrics-port", str(metrics_port), "--num-cpus", "4", *flags),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        deadline = time.monotonic() + APP_DEADLINE
+        while True:
+            assert proc.poll() is None, f"the serve command exited: {log.read_text()[-3000:]}"
+            try:
+                client.models.list()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, f"not serving: {log.read_text()[-3000:]}"
+                time.sleep(2)
+        fast = "fast" in flags
+        yield LocalServe(
+            f"http://127.0.0.1:{port}/v1",
+            name,
+            model_path,
+            f"http://127.0.0.1:{haproxy_port if fast else metrics_port}/metrics",
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            proc,
+            log,
+            "fast" if fast else "standard",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)  # the command shuts Serve and Ray down
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=90)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _keep_logs(Path(tmp) / "ray" / "session_latest" / "logs", "serve-command")
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_orphaned_shm(engine_shm_files() - shm_before)
+
+
+@pytest.fixture(scope="session")
+def served_fast(tiny_with_adapter: tuple[Path, Path]) -> Iterator[LocalServe]:
+    """The tiny Llama without adapters on the fast path (HAProxy, direct streaming), served by
+    the local command."""
+    base, _ = tiny_with_adapter
+    with serve_command(base, MODEL, "--request-path", "fast") as app:
         yield app
