@@ -18,6 +18,8 @@ from alpaca_serving import paths
 from alpaca_serving.config import ServingConfig
 from alpaca_serving.templates import chat_template_for
 
+PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
 
 def llm_config(config: ServingConfig) -> Any:
     """Ray Serve LLM's LLMConfig for our config."""
@@ -42,6 +44,10 @@ def llm_config(config: ServingConfig) -> Any:
     deployment: dict[str, Any] = {
         "autoscaling_config": config.autoscaling.model_dump(exclude_none=True)
     }
+    if config.request_router == "prefix_affinity":
+        # the replica with the longest matching prefix: picked by the ingress's handle on the
+        # standard path, by Ray's LLMRouter (which HAProxy asks) on the fast one
+        deployment["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     if config.accelerator == "cpu":
         kwargs["accelerator_config"] = {"kind": "cpu"}
         # The engine's bundle is the replica's CPUs; the replica actor beside it asks for none
@@ -85,6 +91,8 @@ def build_app(args: dict[str, Any]) -> Any:
     builder: dict[str, Any] = {"llm_configs": [llm_config(config)]}
     if fast:
         # the LLMServer is the ingress: Ray's builder takes no ingress deployment or class
+        if config.request_router == "least_connections":
+            return _balanced_by_haproxy(builder)
         return build_openai_app(builder)
     # The OpenAI ingress only routes: it asks for no CPU, so it runs beside Serve's proxy
     # on the head (which offers none) or next to a replica, never waiting for a CPU that
@@ -99,3 +107,20 @@ def build_app(args: dict[str, Any]) -> Any:
             "ingress_extra_kwargs": {"adapters": {config.served_model_name: names}},
         }
     return build_openai_app(builder)
+
+
+def _balanced_by_haproxy(builder: dict[str, Any]) -> Any:
+    """The fast path without Ray's LLMRouter: HAProxy balances the LLMServer replicas itself
+    (`leastconn`, Ray's default for it) instead of asking a Python deployment over HTTP which
+    replica takes each request. What Ray's direct-streaming builder does (the LLMServer class
+    as a Serve ingress), minus the LLMRouter and the round-robin router it sets for it: Ray
+    refuses a custom router on an ingress that HAProxy balances. Ray 2.60's own functions (the
+    version is pinned; a unit test builds this)."""
+    from ray import serve
+    from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.llm._internal.serve.core.server.llm_server import LLMServer
+
+    [llm] = LLMServingArgs.model_validate(builder).llm_configs
+    server_cls = llm.server_cls or LLMServer
+    return build_llm_deployment(llm, deployment_cls=serve.ingress()(server_cls))

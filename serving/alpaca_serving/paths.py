@@ -42,6 +42,12 @@ FAST_PATH_ENV: Final[Mapping[str, str]] = {
 }
 
 
+FORWARD_BODY: Final = "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"
+"""On the fast path HAProxy asks Ray's LLMRouter which replica takes each request; with this
+it sends the request's body too, which a prefix-aware router needs (HAProxy's Lua and the
+builder read it)."""
+
+
 def request_path(config: ServingConfig) -> RequestPath:
     """The path `config` is served on: fast unless forced standard or it has LoRA adapters
     (`request_path: fast` with adapters is refused when the config is validated)."""
@@ -50,9 +56,15 @@ def request_path(config: ServingConfig) -> RequestPath:
     return "fast"
 
 
-def environment(path: RequestPath) -> dict[str, str]:
-    """The variables every Ray process of the application needs for `path`."""
-    return dict(FAST_PATH_ENV) if path == "fast" else {}
+def environment(path: RequestPath, config: ServingConfig | None = None) -> dict[str, str]:
+    """The variables every Ray process of the application needs for `path` (and, on the fast
+    path, for `config`'s request router)."""
+    if path != "fast":
+        return {}
+    env = dict(FAST_PATH_ENV)
+    if config is not None and config.request_router == "prefix_affinity":
+        env[FORWARD_BODY] = "1"
+    return env
 
 
 def process_path(environ: Mapping[str, str]) -> RequestPath:

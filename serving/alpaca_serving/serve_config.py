@@ -20,11 +20,19 @@ def application_entry(config: ServingConfig, route_prefix: str = "/") -> dict[st
         "name": APP_NAME,
         "route_prefix": route_prefix,
         "import_path": IMPORT_PATH,
-        # `request_path: auto` is left out: the pods' env decides the path (alpaca_serving.paths),
-        # and the entry of a model rendered before the field existed stays the same
+        # `request_path: auto` is left out: the pods' env decides the path (alpaca_serving.paths);
+        # so is the default request router: the entry of a model rendered before these fields
+        # existed stays the same (no Serve redeploy on an operator upgrade)
         "args": config.model_dump(
-            mode="json",
-            exclude_none=True,
-            exclude={"request_path"} if config.request_path == "auto" else None,
+            mode="json", exclude_none=True, exclude=_defaults_left_out(config)
         ),
     }
+
+
+def _defaults_left_out(config: ServingConfig) -> set[str]:
+    left_out = set()
+    if config.request_path == "auto":
+        left_out.add("request_path")
+    if config.request_router == "default":
+        left_out.add("request_router")
+    return left_out

@@ -58,7 +58,7 @@ def ray_env(application: dict[str, Any]) -> dict[str, str]:
     """What every Ray container of the application needs in its environment before `ray start`:
     Ray Serve's fast-path variables when its config takes that path (alpaca_serving.paths)."""
     config = ServingConfig.model_validate(application["args"])
-    return paths.environment(paths.request_path(config))
+    return paths.environment(paths.request_path(config), config)
 
 
 def _volumes(

@@ -58,6 +58,15 @@ def test_the_fast_path_environment():
     assert paths.environment("standard") == {}
 
 
+def test_prefix_routing_on_the_fast_path_forwards_the_body():
+    """HAProxy asks Ray's LLMRouter for a replica; a prefix-aware router needs the prompt."""
+    prefix = _config(request_router="prefix_affinity")
+    assert paths.request_path(prefix) == "fast"
+    assert paths.environment("fast", prefix) == {**FAST_ENV, paths.FORWARD_BODY: "1"}
+    assert paths.environment("fast", _config()) == FAST_ENV
+    assert paths.environment("standard", prefix) == {}
+
+
 @pytest.mark.parametrize(
     ("environ", "path"),
     [({}, "standard"), ({paths.DIRECT_STREAMING: "0"}, "standard"), (FAST_ENV, "fast")],
@@ -74,6 +83,12 @@ def test_the_entry_leaves_auto_out_and_keeps_a_forced_path():
     forced = application_entry(_config(request_path="standard"))["args"]
     assert forced["request_path"] == "standard"
     assert ServingConfig.model_validate(forced) == _config(request_path="standard")
+
+
+def test_the_entry_leaves_the_default_router_out():
+    assert "request_router" not in application_entry(_config())["args"]
+    entry = application_entry(_config(request_router="prefix_affinity"))["args"]
+    assert entry["request_router"] == "prefix_affinity"
 
 
 # --- app.build_app: Ray Serve LLM's builder arguments on each path (no Ray started) ---
@@ -234,8 +249,7 @@ def test_haproxy_files_cover_every_path_ray_keeps_under_tmp():
     installed Ray, so an upgrade that adds one fails here)."""
     import re
 
-    import ray.serve._private.constants as constants
-
+    constants = pytest.importorskip("ray.serve._private.constants")
     text = Path(constants.__file__).read_text()
     defaults = set(re.findall(r'"(RAY_SERVE_HAPROXY_\w+)",\s*"/tmp/haproxy-serve', text))
     assert defaults
@@ -251,3 +265,51 @@ def test_haproxys_folder_leaves_its_sockets_within_haproxys_limit():
         parent = paths.haproxy_parent(temp)
         sock = f"{parent}/haproxy-12345678/{'0' * 56}/metrics.sock"
         assert len(sock) <= paths.HAPROXY_SOCKET_PATH_MAX
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_prefix_router_reaches_ray_on_both_paths(builder_args, monkeypatch, fast):
+    """The LLM deployment names Ray Serve LLM's PrefixCacheAffinityRouter (a class Ray can
+    import), and Ray's direct-streaming builder keeps it instead of its round robin."""
+    from ray._common.utils import import_attr
+    from ray.llm._internal.serve.core.ingress.builder import _get_direct_streaming_serve_options
+
+    from alpaca_serving.app import PREFIX_ROUTER, build_app
+
+    if fast:
+        for key, value in FAST_ENV.items():
+            monkeypatch.setenv(key, value)
+    build_app({**BASE, "request_router": "prefix_affinity"})
+    build_app(BASE)
+    prefix, default = (b["llm_configs"][0] for b in builder_args)
+    assert prefix.deployment_config["request_router_config"] == {
+        "request_router_class": PREFIX_ROUTER
+    }
+    assert "request_router_config" not in default.deployment_config
+    assert import_attr(PREFIX_ROUTER).__name__ == "PrefixCacheAffinityRouter"
+    assert _get_direct_streaming_serve_options(prefix) == {}
+    assert "request_router_config" in _get_direct_streaming_serve_options(default)
+
+
+def test_least_connections_leaves_the_replica_to_haproxy(builder_args, monkeypatch):
+    """On the fast path, `least_connections` builds Ray's direct-streaming LLMServer ingress
+    without the LLMRouter HAProxy would ask per request; on the standard path it is Serve's
+    default router."""
+    from ray.serve.deployment import Application
+
+    from alpaca_serving.app import build_app
+
+    build_app({**BASE, "request_router": "least_connections"})
+    [standard] = builder_args
+    assert "request_router_config" not in standard["llm_configs"][0].deployment_config
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    app = build_app({**BASE, "request_router": "least_connections"})
+    assert len(builder_args) == 1  # not Ray's builder: it would attach the LLMRouter
+    assert isinstance(app, Application)
+    assert app._ingress_request_router is None
+    assert app._bound_deployment.name.startswith("LLMServer")
+    # what Ray's build refuses under HAProxy without an ingress request router: a custom one
+    from ray.serve._private.build_app import _has_custom_request_router
+
+    assert not _has_custom_request_router(app._bound_deployment)
