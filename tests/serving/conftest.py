@@ -304,7 +304,9 @@ class LocalServe:
 
 
 @contextlib.contextmanager
-def serve_command(model_path: Path, name: str, *flags: str) -> Iterator[LocalServe]:
+def serve_command(
+    model_path: Path, name: str, *flags: str, **overrides: object
+) -> Iterator[LocalServe]:
     """The local command on a free loopback port, its Ray and HAProxy files in a folder of its
     own; stopped with Ctrl-C (SIGINT), and whatever it left is gone afterwards."""
     import openai
@@ -331,6 +333,7 @@ def serve_command(model_path: Path, name: str, *flags: str) -> Iterator[LocalSer
                 "accelerator": "cpu",
                 "engine_kwargs": ENGINE,  # the other app's: the command's --cpu defaults are larger
             }
+            | overrides
         )
     )
     command = [
@@ -378,7 +381,7 @@ def serve_command(model_path: Path, name: str, *flags: str) -> Iterator[LocalSer
 @pytest.fixture(scope="session")
 def served_fast(tiny_with_adapter: tuple[Path, Path]) -> Iterator[LocalServe]:
     """The tiny Llama without adapters on the fast path (HAProxy, direct streaming), served by
-    the local command."""
+    the local command; one replica until loaded, up to two under load (test_scaling)."""
     base, _ = tiny_with_adapter
-    with serve_command(base, MODEL, "--request-path", "fast") as app:
+    with serve_command(base, MODEL, "--request-path", "fast", autoscaling=SCALABLE) as app:
         yield app
