@@ -1,13 +1,15 @@
 """What our serving app costs over vLLM, against what a user would run instead (issue 14).
 
 One invocation runs, for each model (a tiny random Llama built now, and SmolLM2-135M-Instruct),
-the same prompts, sampling and concurrency (1, 8, 32) through four rows:
+the same prompts, sampling and concurrency (1, 8, 32) through these rows:
 
   engine        vLLM's AsyncLLM engine driven in-process: the limit
   vllm serve    vLLM's own OpenAI server over HTTP: what users compare us with
   app standard  our app on Ray Serve's default path (Python proxy -> OpenAiIngress -> LLMServer)
   app fast      our app on the fast path (HAProxy, direct ingress, LLMServer as the ingress,
-                throughput-optimized transport)
+                throughput-optimized transport); HAProxy asks Ray's LLMRouter for the replica
+  app fast lc   the fast path with `request_router: least_connections`: HAProxy balances the
+                replicas itself, no LLMRouter hop
 
 Every row is a fresh process tree, started, warmed up, measured at each concurrency and
 stopped (all its processes gone) before the next starts. The machine is shared and drifts by
@@ -55,13 +57,15 @@ ENGINE: dict[str, Any] = {
     "enforce_eager": True,
     "kv_cache_memory_bytes": 256 * 2**20,
 }
-ROWS = ("engine", "vllm-serve", "app-standard", "app-fast")
+ROWS = ("engine", "vllm-serve", "app-standard", "app-fast", "app-fast-lc")
 START_TIMEOUT = 900.0
 # which process of a row's tree did the work (first match of its name or command line)
 GROUPS = (
     ("ServeReplica:alpaca:LLMServer", "LLMServer replica"),
     ("ServeReplica:alpaca:OpenAiIngress", "OpenAiIngress replica"),
     ("ServeReplica:alpaca:AlpacaIngress", "OpenAiIngress replica"),
+    # fast path: HAProxy asks it (HTTP, Python) which replica takes each request
+    ("ServeReplica:alpaca:LLMRouter", "LLMRouter replica (picks the replica)"),
     ("ProxyActor", "Serve Python proxy"),
     ("HAProxyManager", "HAProxy manager actor"),
     ("haproxy", "HAProxy"),
@@ -153,6 +157,19 @@ class Tree:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
         psutil.wait_procs([p for p in self.seen.values() if _alive(p)], timeout=30)
+
+
+@contextlib.contextmanager
+def haproxy_folders_removed() -> Any:
+    """The serve command removes its HAProxy folder (under /tmp when the temporary folder's path
+    is too long for HAProxy's sockets) when it exits; a row stopped with SIGKILL cannot, so the
+    folders that appeared while the row ran go afterwards."""
+    before = set(Path("/tmp").glob("haproxy-*"))
+    try:
+        yield
+    finally:
+        for folder in set(Path("/tmp").glob("haproxy-*")) - before:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -368,9 +385,10 @@ def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
                 "accelerator": "cpu",
                 "engine_kwargs": ENGINE,
             }
+            | ({"request_router": "least_connections"} if row == "app-fast-lc" else {})
         )
     )
-    path = {"app-standard": "standard", "app-fast": "fast"}[row]
+    path = {"app-standard": "standard", "app-fast": "fast", "app-fast-lc": "fast"}[row]
     return [
         PYTHON, "-m", "alpaca_serving", "serve", "--config", str(config),
         "--port", str(port), "--request-path", path,
@@ -420,6 +438,20 @@ def run_row(
             raise RuntimeError(f"engine row failed ({proc.returncode}): {log.read_text()[-2000:]}")
         done = [Level(**d) for d in json.loads(line[-1][7:])]
         return Run(row, done, tree.peak_rss, tree.peak_pss, 0.0)
+    with haproxy_folders_removed():
+        return _server_row(row, model, levels, max_tokens, work, env, log, start)
+
+
+def _server_row(
+    row: str,
+    model: str,
+    levels: list[tuple[int, int]],
+    max_tokens: int,
+    work: Path,
+    env: dict[str, str],
+    log: Path,
+    start: float,
+) -> Run:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
