@@ -105,7 +105,11 @@ def import_into_containerd(
                         containerd_root / CONTENT, layout / "blobs" / "sha256"
                     )
                     buildah.push_oci(image.stored, layout)
-                    importer = subprocess.Popen([*base, "import", "-"], stdin=subprocess.PIPE)
+                    # ctr prints "<ref> saved" on stdout: not ours to write on (a caller's
+                    # stdout may be a protocol, as the node tier's recovery test reads it)
+                    importer = subprocess.Popen(
+                        [*base, "import", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+                    )
                     assert importer.stdin is not None
                     with importer.stdin:
                         sent = _stream(layout, image.stored, image.ref, known, importer.stdin)

@@ -235,7 +235,8 @@ def test_ray_pods_network_policy_is_rendered_and_kept(control_plane, ctx, namesp
     assert spec["policyTypes"] == ["Ingress"]
     assert spec["ingress"] == [
         {"from": [{"podSelector": ray_pods}]},
-        {"ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8080}]},
+        # Serve (or HAProxy), Ray's metrics, HAProxy's exporter on the fast path
+        {"ports": [{"protocol": "TCP", "port": p} for p in (8000, 8080, 9101)]},
         {
             "from": [
                 {
