@@ -84,7 +84,15 @@ def serve(args: argparse.Namespace, config: ServingConfig) -> int:
                 os.environ.pop(key, None)
 
 
+PROXY_READY_TIMEOUT = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+"""Serve's controller gives a new proxy (HAProxy's manager on the fast path) 5 s to start and
+kills it after that, and `serve.start()` then fails; on a busy workstation (or a CI machine)
+starting the actor alone takes longer. Ray reads it in the controller, which inherits the
+environment `ray.init()` starts the local cluster with; a value the user set is kept."""
+
+
 def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
+    os.environ.setdefault(*PROXY_READY_TIMEOUT)
     import ray
     from ray import serve as ray_serve
 
