@@ -252,8 +252,10 @@ def _summary(run: Run) -> str:
 
 
 def test_summary(chaos: Run, capsys: pytest.CaptureFixture[str]) -> None:
-    with capsys.disabled():
-        print("\n" + _summary(chaos))
+    summary = _summary(chaos)
+    with capsys.disabled():  # on the terminal of a run without xdist
+        print("\n" + summary)
+    print(summary)  # captured: in the JUnit report with `-o junit_logging=system-out` (xdist too)
     assert len(chaos.uptimes) == KILLS
     assert chaos.restarts == {"kube-apiserver": 1, "etcd": 1}
 
