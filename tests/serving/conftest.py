@@ -142,7 +142,7 @@ def _start_worker_node(gcs: str, tmp: str, metrics_port: int) -> WorkerNode:
         )
         unshare = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
         command = [*unshare, "worker", *command]
-    with open(f"{tmp}/worker-node.log", "wb") as log:
+    with open(f"{tmp}/worker-node.log", "ab") as log:  # every attempt's output
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -190,19 +190,50 @@ def _stop_worker_node(node: WorkerNode) -> None:
     node.proc.wait(timeout=10)
 
 
-def _wait_for_nodes(count: int, log: Path, timeout: float = 300) -> None:
+class WorkerExited(AssertionError):
+    """The worker's `ray start` gave up before its node joined."""
+
+
+def _wait_for_nodes(
+    count: int, log: Path, timeout: float = 300, worker: subprocess.Popen[bytes] | None = None
+) -> None:
     """Until `count` Ray nodes are alive; the worker's `ray start` output (`log`) is in the
     failure, because the worker's own session logs go with its namespace."""
     import ray
 
+    def said() -> str:
+        return log.read_text(errors="replace")[-3000:] if log.exists() else "(no output)"
+
     deadline = time.monotonic() + timeout
     while sum(1 for n in ray.nodes() if n["Alive"]) < count:
+        if worker is not None and worker.poll() is not None:
+            raise WorkerExited(f"the worker's `ray start` exited ({worker.returncode}):\n{said()}")
         if time.monotonic() >= deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no output)"
             raise AssertionError(
-                f"fewer than {count} Ray nodes after {timeout:.0f}s; the worker said:\n{tail}"
+                f"fewer than {count} Ray nodes after {timeout:.0f}s; the worker said:\n{said()}"
             )
         time.sleep(0.5)
+
+
+WORKER_ATTEMPTS = 3
+
+
+def _join_worker_node(gcs: str, tmp: str, metrics_port: int) -> WorkerNode:
+    """A worker node that has joined the head. `ray start` gives its raylet a fixed 30 s to
+    register with the GCS and exits otherwise, which a 2-core machine running the other tiers
+    beside this one can exceed; a pod's kubelet would restart it, and so is this node, up to
+    WORKER_ATTEMPTS times (each failure is in the log)."""
+    log = Path(tmp) / "worker-node.log"
+    for attempt in range(1, WORKER_ATTEMPTS + 1):
+        worker = _start_worker_node(gcs, tmp, metrics_port)
+        try:
+            _wait_for_nodes(2, log, worker=worker.proc)
+            return worker
+        except WorkerExited:
+            _stop_worker_node(worker)
+            if attempt == WORKER_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -231,8 +262,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     )
     worker = None
     try:
-        worker = _start_worker_node(ray.get_runtime_context().gcs_address, tmp, engine_metrics_port)
-        _wait_for_nodes(2, Path(tmp) / "worker-node.log")
+        worker = _join_worker_node(ray.get_runtime_context().gcs_address, tmp, engine_metrics_port)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         config = {
             "model_path": str(model_path),
