@@ -33,10 +33,7 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -46,10 +43,10 @@ from typing import Any
 from serving_overhead import (
     PYTHON,
     REPO,
+    Scratch,
     Tree,
     _wait_ready,
     free_port,
-    haproxy_folders_removed,
     med,
     model_folder,
     pct,
@@ -334,11 +331,8 @@ def main() -> int:
     rows = [r for r in args.rows.split(",") if r]
     if unknown := set(rows) - set(ROWS):
         parser.error(f"--rows: unknown {sorted(unknown)}; valid: {', '.join(ROWS)}")
-    sys.path.insert(0, str(REPO / "dev"))
-    from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
-
-    shm_before = engine_shm_files()
-    work = Path(tempfile.mkdtemp(prefix="bench-prefix-", dir="/tmp"))
+    scratch = Scratch("bench-prefix-")
+    work = scratch.work
     try:
         model = model_folder(args.model, work)
         load = workload(model, args.prefixes, args.questions, args.prefix_tokens, args.seed)
@@ -353,10 +347,9 @@ def main() -> int:
         for rnd in range(args.rounds):
             for row in rows if rnd % 2 == 0 else rows[::-1]:
                 t0 = time.perf_counter()
-                with haproxy_folders_removed():
+                with scratch.row():
                     r = run_row(row, model, work, args, [p for _, p in load])
                 results[row].append(r)
-                remove_orphaned_shm(engine_shm_files() - shm_before)
                 print(
                     f"[round {rnd + 1}] {row}: hit rate {r.hit_rate:.3f} "
                     f"({r.hits:.0f}/{r.queries:.0f} tokens), TTFT p50 "
@@ -366,8 +359,7 @@ def main() -> int:
                 )
         report(results, args)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        remove_orphaned_shm(engine_shm_files() - shm_before)
+        scratch.close()
     return 0
 
 

@@ -159,17 +159,34 @@ class Tree:
         psutil.wait_procs([p for p in self.seen.values() if _alive(p)], timeout=30)
 
 
-@contextlib.contextmanager
-def haproxy_folders_removed() -> Any:
-    """The serve command removes its HAProxy folder (under /tmp when the temporary folder's path
-    is too long for HAProxy's sockets) when it exits; a row stopped with SIGKILL cannot, so the
-    folders that appeared while the row ran go afterwards."""
-    before = set(Path("/tmp").glob("haproxy-*"))
-    try:
-        yield
-    finally:
-        for folder in set(Path("/tmp").glob("haproxy-*")) - before:
-            shutil.rmtree(folder, ignore_errors=True)
+class Scratch:
+    """A benchmark's work folder under /tmp, and what its rows leave outside it: engine shared
+    memory a killed engine could not remove, and HAProxy folders (the serve command puts its
+    own under /tmp when the work folder's path is too long for HAProxy's sockets, and removes
+    it when it exits, which a row stopped with SIGKILL cannot)."""
+
+    def __init__(self, prefix: str) -> None:
+        sys.path.insert(0, str(REPO / "dev"))
+        from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
+
+        self._shm, self._remove_shm = engine_shm_files, remove_orphaned_shm
+        self._shm_before = engine_shm_files()
+        self.work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+    @contextlib.contextmanager
+    def row(self) -> Any:
+        """Whatever a row left outside the work folder is gone after it."""
+        haproxy_before = set(Path("/tmp").glob("haproxy-*"))
+        try:
+            yield
+        finally:
+            for folder in set(Path("/tmp").glob("haproxy-*")) - haproxy_before:
+                shutil.rmtree(folder, ignore_errors=True)
+            self._remove_shm(self._shm() - self._shm_before)
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self._remove_shm(self._shm() - self._shm_before)
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -438,20 +455,6 @@ def run_row(
             raise RuntimeError(f"engine row failed ({proc.returncode}): {log.read_text()[-2000:]}")
         done = [Level(**d) for d in json.loads(line[-1][7:])]
         return Run(row, done, tree.peak_rss, tree.peak_pss, 0.0)
-    with haproxy_folders_removed():
-        return _server_row(row, model, levels, max_tokens, work, env, log, start)
-
-
-def _server_row(
-    row: str,
-    model: str,
-    levels: list[tuple[int, int]],
-    max_tokens: int,
-    work: Path,
-    env: dict[str, str],
-    log: Path,
-    start: float,
-) -> Run:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
@@ -578,11 +581,8 @@ def main() -> int:
         parser.error(f"--rows: unknown {sorted(unknown)}; valid: {', '.join(ROWS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     levels = [(c, n_requests(c, args.requests_per_slot, args.min_requests)) for c in concurrencies]
-    sys.path.insert(0, str(REPO / "dev"))
-    from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
-
-    shm_before = engine_shm_files()
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-", dir="/tmp"))
+    scratch = Scratch("bench-serving-")
+    work = scratch.work
     print(
         f"levels (concurrency, requests): {levels}; max_tokens={args.max_tokens}; engine {ENGINE}"
     )
@@ -594,9 +594,9 @@ def main() -> int:
                 order = rows if rnd % 2 == 0 else rows[::-1]
                 for row in order:
                     t0 = time.perf_counter()
-                    run = run_row(row, model, levels, args.max_tokens, work)
+                    with scratch.row():
+                        run = run_row(row, model, levels, args.max_tokens, work)
                     runs[row].append(run)
-                    remove_orphaned_shm(engine_shm_files() - shm_before)
                     print(
                         f"[{name} round {rnd + 1}] {row}: "
                         + ", ".join(f"c={lv.concurrency} {lv.tok_s:.1f} tok/s" for lv in run.levels)
@@ -605,8 +605,7 @@ def main() -> int:
                     )
             report(name, runs, concurrencies)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        remove_orphaned_shm(engine_shm_files() - shm_before)
+        scratch.close()
     return 0
 
 

@@ -56,7 +56,7 @@ def use_path(config: ServingConfig, environ: MutableMapping[str, str]) -> paths.
     taken out for the standard one) before Ray is imported: Ray reads them then, and the local
     cluster `ray.init()` starts inherits them."""
     path = paths.request_path(config)
-    for key in (*paths.FAST_PATH_ENV, paths.FORWARD_BODY):
+    for key in paths.VARIABLES:
         environ.pop(key, None)
     environ.update(paths.environment(path, config))
     return path

@@ -47,6 +47,9 @@ FORWARD_BODY: Final = "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"
 it sends the request's body too, which a prefix-aware router needs (HAProxy's Lua and the
 builder read it)."""
 
+VARIABLES: Final = (*FAST_PATH_ENV, FORWARD_BODY)
+"""Every variable `environment` may set."""
+
 
 def request_path(config: ServingConfig) -> RequestPath:
     """The path `config` is served on: fast unless forced standard or it has LoRA adapters
