@@ -295,7 +295,14 @@ def test_least_connections_leaves_the_replica_to_haproxy(builder_args, monkeypat
     """On the fast path, `least_connections` builds Ray's direct-streaming LLMServer ingress
     without the LLMRouter HAProxy would ask per request; on the standard path it is Serve's
     default router."""
+    from types import SimpleNamespace
+
+    import ray
     from ray.serve.deployment import Application
+
+    # The LLMServer's deployment options read the runtime env of the Ray process the builder
+    # runs in (always one, in Serve); here that read would start a whole local Ray, under /tmp
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(runtime_env={}))
 
     from alpaca_serving.app import build_app
 
