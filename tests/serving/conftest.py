@@ -23,6 +23,7 @@ import pytest
 
 from alpaca_dev.controlplane import free_port
 from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
+from alpaca_serving.__main__ import PROXY_READY_TIMEOUT
 from tests.tiny_llama import FIXTURE, build_tiny_llama
 from tests.training.conftest import PYTHON, make_config, subprocess_env
 
@@ -243,10 +244,15 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     a free loopback port. Everything it started and left is gone afterwards."""
     shm_before = engine_shm_files()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
-    saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}
+    ready_timeout, ready_default = PROXY_READY_TIMEOUT
+    changed = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", ready_timeout)
+    saved = {k: os.environ.get(k) for k in changed}
     os.environ.update(
         TMPDIR=tmp, VLLM_CACHE_ROOT=f"{tmp}/vllm", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor"
     )
+    # what the serve command does: Serve's 5 s for a new proxy to start is too short beside
+    # the other tiers (the controller kills the proxy and serve.start() fails)
+    os.environ.setdefault(ready_timeout, ready_default)
     import ray
     from ray import serve
 
