@@ -209,9 +209,16 @@ class Kube:
         return str((meta.get("metadata") or {}).get("resourceVersion") or "")
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        selector: str | None = None,
+        fields: str | None = None,
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", selector)] if selector else []
+        if fields:
+            query.append(("fieldSelector", fields))
         return list(
             self._request("GET", KINDS[(api_version, kind)].path(namespace), query=query).get(
                 "items", []

@@ -168,11 +168,16 @@ class CachedKube(Kube):
         return self.inner.get(api_version, kind, name, namespace)
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        selector: str | None = None,
+        fields: str | None = None,
     ) -> list[dict[str, Any]]:
-        if self.store.watches(api_version, kind):
+        if self.store.watches(api_version, kind) and not fields:
             return self.store.list(api_version, kind, namespace, parse_selector(selector))
-        return self.inner.list(api_version, kind, namespace, selector)
+        return self.inner.list(api_version, kind, namespace, selector, fields)
 
     def resource_version(
         self, api_version: str, kind: str, name: str, namespace: str | None = None

@@ -66,6 +66,19 @@ def _matches(obj: dict[str, Any], selector: str | None) -> bool:
     return True
 
 
+def _field_matches(obj: dict[str, Any], fields: str | None) -> bool:
+    """The field selectors the operator sends: spec.nodeName=X and status.phase!=Y."""
+    for term in filter(None, (fields or "").split(",")):
+        negate = "!=" in term
+        path, _, value = term.partition("!=" if negate else "=")
+        found: Any = obj
+        for part in path.split("."):
+            found = (found or {}).get(part)
+        if (str(found or "") == value) == negate:
+            return False
+    return True
+
+
 def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
 
@@ -225,7 +238,12 @@ class FakeKube(Kube):
         return obj["metadata"]["resourceVersion"] if obj is not None else None
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        selector: str | None = None,
+        fields: str | None = None,
     ) -> list[dict[str, Any]]:
         return [
             copy.deepcopy(obj)
@@ -233,6 +251,7 @@ class FakeKube(Kube):
             if (v, k) == (api_version, kind)
             and (namespace is None or ns == namespace)
             and _matches(obj, selector)
+            and _field_matches(obj, fields)
         ]
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
