@@ -22,12 +22,13 @@ CAPACITY = "CapacityReady"
 WEIGHTS = "WeightsReady"
 SERVING = "ServingReady"
 READY = "Ready"
+UPGRADING = "Upgrading"  # beside the stages: a change that needs new pods reaching a serving model
 # An AlpacaFineTune's, after Accepted and WeightsReady (its base weights).
 TRAINING = "Training"
 SUCCEEDED = "Succeeded"
 SERVED = "Served"  # only with spec.serve
 
-MODEL_CONDITIONS = (ACCEPTED, CAPACITY, WEIGHTS, SERVING, READY)
+MODEL_CONDITIONS = (ACCEPTED, CAPACITY, WEIGHTS, SERVING, READY, UPGRADING)
 FINETUNE_CONDITIONS = (ACCEPTED, WEIGHTS, TRAINING, SUCCEEDED, SERVED)
 
 # --- Accepted ---------------------------------------------------------------------------
@@ -88,6 +89,14 @@ SERVING_TIMEOUT = "ServingTimeout"  # still not ready after the stage's deadline
 STAGES_PENDING = "StagesPending"  # accepted; the stages are not observed yet
 ALL_STAGES_READY = "Ready"
 # Otherwise Ready carries the reason of the first stage that is not ready (or Accepted's).
+
+# --- Upgrading (an AlpacaModel's; spec.upgrade) ----------------------------------------
+
+UP_TO_DATE = "UpToDate"  # False: the running RayCluster is the spec's (or none runs yet)
+WAITING_FOR_CAPACITY = "WaitingForCapacity"  # no room for the new cluster beside the old yet
+NEW_CLUSTER_STARTING = "NewClusterStarting"  # the new cluster starts; traffic stays on the old
+SWITCHING_TRAFFIC = "SwitchingTraffic"  # the new cluster serves; the endpoint moves to it
+RECREATING_WITH_OUTAGE = "RecreatingWithOutage"  # the old cluster went first: serving pauses
 
 # --- Training ---------------------------------------------------------------------------
 
@@ -188,6 +197,15 @@ REASONS_OF: dict[str, frozenset[str]] = {
             TRAINING_FAILED,
         }
     ),
+    UPGRADING: frozenset(
+        {
+            UP_TO_DATE,
+            WAITING_FOR_CAPACITY,
+            NEW_CLUSTER_STARTING,
+            SWITCHING_TRAFFIC,
+            RECREATING_WITH_OUTAGE,
+        }
+    ),
     SUCCEEDED: frozenset({NOT_FINISHED, TRAINING_SUCCEEDED}),
     SERVED: frozenset({WAITING_FOR_TRAINING, MODEL_CREATED}),
 }
@@ -221,7 +239,10 @@ TIMEOUT_REASONS = frozenset({CAPACITY_TIMEOUT, WEIGHTS_TIMEOUT, SERVING_TIMEOUT}
 NOTICE_REASONS = frozenset({CACHE_EXPANSION_REFUSED})
 """A stage that works, but not as the spec asks: a Warning Event; the phase stays."""
 
-WARNING_REASONS = FAILURE_REASONS | TIMEOUT_REASONS | NOTICE_REASONS
+OUTAGE_REASONS = frozenset({RECREATING_WITH_OUTAGE})
+"""Serving pauses while a new RayCluster replaces the old one: a Warning Event."""
+
+WARNING_REASONS = FAILURE_REASONS | TIMEOUT_REASONS | NOTICE_REASONS | OUTAGE_REASONS
 
 
 @dataclass(frozen=True)

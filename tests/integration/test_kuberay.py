@@ -124,9 +124,36 @@ def test_kuberay_accepts_our_rayservice(control_plane, kuberay, namespace):
     cp.kubectl_run("delete", "rayservice", "alpaca", "-n", namespace, "--wait=false")
 
 
-def test_changes_never_start_a_second_cluster(gc_kuberay_plane):
-    """Worker bounds change in place; a pod-template change recreates the one cluster."""
-    from alpaca_operator.reconcile.upgrade import RECREATED, RESCALED, settle_cluster
+def test_changes_before_serving_never_start_a_second_cluster(gc_kuberay_plane):
+    """Worker bounds change in place; a pod-template change to a cluster that has not served
+    yet makes the one cluster again, whatever spec.upgrade says (no outage to avoid)."""
+    import datetime
+
+    from alpaca_operator.api.model import Upgrade
+    from alpaca_operator.reconcile import upgrade
+    from alpaca_operator.reconcile.upgrade import RECREATED, RESCALED
+
+    def settle_cluster(kube: Any, rs: dict[str, Any], desired: dict[str, Any]) -> str | None:
+        active_name, pending_name = upgrade.cluster_names(rs)
+        active = (
+            kube.get("ray.io/v1", "RayCluster", active_name, namespace) if active_name else None
+        )
+        pending = (
+            kube.get("ray.io/v1", "RayCluster", pending_name, namespace) if pending_name else None
+        )
+        step = upgrade.plan(
+            Upgrade(strategy="ZeroDowntime"),
+            rs,
+            active,
+            pending,
+            desired,
+            room=lambda: upgrade.Room(True, "unused"),
+            unschedulable=lambda _: None,
+            previous=None,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        assert step.strategy == upgrade.AT_REST
+        return upgrade.carry_out(kube, namespace, step, active or pending, desired)
 
     cp = gc_kuberay_plane
     namespace = "default"

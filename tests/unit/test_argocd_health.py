@@ -101,6 +101,43 @@ def model(phase, conditions, generation=1, observed=1):
             "Progressing",
             "not observed the latest spec",
         ),
+        (
+            model(
+                "Ready",
+                [
+                    cond("Accepted", "True"),
+                    cond("Ready", "True", "Ready", "Serving at http://x/v1."),
+                    cond("Upgrading", "True", "NewClusterStarting", "starts beside"),
+                ],
+            ),
+            "Progressing",
+            "NewClusterStarting",
+        ),
+        (
+            model(
+                "Ready",
+                [
+                    cond("Accepted", "True"),
+                    cond("Ready", "True", "Ready", "Serving at http://x/v1."),
+                    cond("Upgrading", "False", "UpToDate", "The running RayCluster is the spec's."),
+                ],
+            ),
+            "Healthy",
+            "Serving at",
+        ),
+        (
+            model(
+                "Deploying",
+                [
+                    cond("Accepted", "True"),
+                    cond("ServingReady", "False", "EngineLoading", "loading"),
+                    cond("Ready", "False"),
+                    cond("Upgrading", "False", "UpToDate", "No RayCluster runs yet."),
+                ],
+            ),
+            "Progressing",
+            "EngineLoading",
+        ),
     ],
 )
 def test_alpacamodel_health(obj, status, words):

@@ -23,6 +23,7 @@ TYPE_CONSTANTS = {
     "WEIGHTS",
     "SERVING",
     "READY",
+    "UPGRADING",
     "TRAINING",
     "SUCCEEDED",
     "SERVED",
@@ -132,6 +133,11 @@ def test_reason_values_do_not_change():
             "ModelCreated",
             "RayClusterRecreated",
             "RayClusterRescaled",
+            "UpToDate",
+            "WaitingForCapacity",
+            "NewClusterStarting",
+            "SwitchingTraffic",
+            "RecreatingWithOutage",
         ]
     )
 

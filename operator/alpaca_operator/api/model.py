@@ -202,6 +202,28 @@ class Images(ApiModel):
     )
 
 
+class Upgrade(ApiModel):
+    """How a change that needs new pods (image, GPUs, CPU, memory, placement, weights or
+    adapters) reaches a model that is serving. Changes to the engine options, adapters' names or
+    autoscaling are applied in place and need no upgrade."""
+
+    strategy: Literal["Auto", "ZeroDowntime", "Recreate"] = Field(
+        default="Auto",
+        description="Auto: start the new RayCluster beside the running one when the free GPUs "
+        "(on the nodes the model may use, or in its Karpenter NodePool's limit) hold it, move "
+        "traffic once its Serve app is healthy, then remove the old one; when there is no room "
+        "within capacityTimeout, delete the running cluster first (an outage until the new one "
+        "serves). ZeroDowntime: always start the new cluster beside the running one and wait "
+        "for room as long as it takes. Recreate: delete the running cluster first (an outage, "
+        "never more GPUs than one cluster).",
+    )
+    capacity_timeout: Duration = Field(
+        default="10m",
+        description="With strategy Auto: how long to wait for room for the new cluster (free "
+        "GPUs, or its workers scheduled) before recreating instead.",
+    )
+
+
 class AlpacaModelSpec(ApiModel):
     """The desired state of an AlpacaModel."""
 
@@ -253,6 +275,10 @@ class AlpacaModelSpec(ApiModel):
         Images,
         "Image overrides.",
     )
+    upgrade: Upgrade = defaulted(
+        Upgrade,
+        "How changes that need new pods reach a serving model: zero downtime when capacity allows.",
+    )
 
     @field_validator("adapters")
     @classmethod
@@ -286,7 +312,7 @@ class AlpacaModelStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Accepted, CapacityReady, WeightsReady, ServingReady and Ready.",
+        description="Accepted, CapacityReady, WeightsReady, ServingReady, Ready and Upgrading.",
     )
     endpoint: str | None = Field(
         default=None, description="Base URL of the OpenAI-compatible API (append /v1/...)."

@@ -84,6 +84,8 @@ class ModelChildren:
     adapter_caches: dict[str, CacheState] = field(default_factory=dict)  # by adapter name
     rayservice: dict[str, Any] | None = None
     cluster_action: str | None = None  # what settling the RayCluster did in this pass
+    upgrade: Verdict | None = None  # the Upgrading condition, when serving was reconciled
+    upgrade_at: datetime.datetime | None = None  # when a waiting upgrade looks again
 
 
 def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:

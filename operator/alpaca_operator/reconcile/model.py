@@ -19,11 +19,12 @@ from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
 from alpaca_operator.observe import model as observe
+from alpaca_operator.reconcile import room, upgrade
 from alpaca_operator.reconcile.apply import Applier, owner_reference
 from alpaca_operator.reconcile.cache import claim_names, ensure_cache, release_caches
 from alpaca_operator.reconcile.locks import CACHES
 from alpaca_operator.reconcile.triggers import nodepool_owner
-from alpaca_operator.reconcile.upgrade import RECREATED, settle_cluster
+from alpaca_operator.reconcile.upgrade import RECREATED
 from alpaca_operator.render import capacity as render_capacity
 from alpaca_operator.render import names, networkpolicy, rayservice
 from alpaca_operator.render.weights import CacheManifests, cache_manifests
@@ -31,6 +32,7 @@ from alpaca_operator.validation import Invalid
 
 RAYSERVICE_CRD = "rayservices.ray.io"
 NODEPOOL_CRD = "nodepools.karpenter.sh"
+SCHEDULER_REFUSED = frozenset({"Unschedulable"})  # kube-scheduler's reasons on PodScheduled
 
 ApplicationFor = Callable[[AlpacaModelSpec, str, str], dict[str, Any]]
 """(spec, model path in the pods, served model name) -> the serveConfigV2 application entry."""
@@ -177,13 +179,26 @@ def _network_policy(ctx: ModelContext, desired: dict[str, Any], body: dict[str, 
     ctx.applier.ensure(desired, live)
 
 
+def _unschedulable(kube: Kube, cluster: str, namespace: str) -> str | None:
+    """What the scheduler says of a RayCluster's pods that it cannot place, if any."""
+    for pod in kube.list(
+        "v1", "Pod", namespace, selector=f"{rayservice.RAY_CLUSTER_LABEL}={cluster}"
+    ):
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("reason") in SCHEDULER_REFUSED:
+                return f"pod {pod['metadata']['name']}: {c.get('message') or 'unschedulable'}"
+    return None
+
+
 def _serving(
     ctx: ModelContext,
+    spec: AlpacaModelSpec,
     desired: ModelManifests,
     body: dict[str, Any],
     children: observe.ModelChildren,
+    now: datetime.datetime,
 ) -> None:
-    ns = body["metadata"]["namespace"]
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
     filled = children.cache.filled and all(c.filled for c in children.adapter_caches.values())
     if RAYSERVICE_CRD not in children.crds or not filled:
         return
@@ -191,9 +206,32 @@ def _serving(
     ray = desired.rayservice
     ray["metadata"]["ownerReferences"] = owner
     live = ctx.kube.get("ray.io/v1", "RayService", ray["metadata"]["name"], ns)
-    children.rayservice = ctx.applier.ensure(ray, live)
-    children.cluster_action = settle_cluster(ctx.kube, children.rayservice, ray)
-    service = desired.endpoint_service
+    active_name, pending_name = upgrade.cluster_names(live)
+    active = ctx.kube.get("ray.io/v1", "RayCluster", active_name, ns) if active_name else None
+    pending = ctx.kube.get("ray.io/v1", "RayCluster", pending_name, ns) if pending_name else None
+    step = upgrade.plan(
+        spec.upgrade,
+        live,
+        active,
+        pending,
+        ray,
+        room=lambda: room.room(ctx.kube, spec, desired.placement, children.nodepool, active),
+        unschedulable=lambda cluster: _unschedulable(ctx.kube, cluster, ns),
+        previous=cond.find((body.get("status") or {}).get("conditions"), cond.UPGRADING),
+        now=now,
+    )
+    ray["spec"]["upgradeStrategy"] = {"type": step.strategy}
+    # waiting for room: the running cluster keeps the spec it serves (KubeRay would otherwise
+    # hand it the new Serve config, which may name weights its pods do not mount)
+    children.rayservice = live if step.hold and live is not None else ctx.applier.ensure(ray, live)
+    running = (
+        active
+        if active is not None and not active["metadata"].get("deletionTimestamp")
+        else pending
+    )
+    children.cluster_action = upgrade.carry_out(ctx.kube, ns, step, running, ray)
+    children.upgrade, children.upgrade_at = step.verdict, step.requeue_at
+    service = rayservice.endpoint_service(name, ns, upgrade.serving_cluster(children.rayservice))
     service["metadata"]["ownerReferences"] = owner
     ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
 
@@ -215,7 +253,7 @@ def reconcile_model(
     _capacity(ctx, spec, desired, body, children)
     _weights(ctx, desired, body, children)
     _network_policy(ctx, desired.network_policy, body)
-    _serving(ctx, desired, body, children)
+    _serving(ctx, spec, desired, body, children, now)
     keep = {names.cache_name(spec.weights)}
     keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
     live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)
@@ -235,6 +273,15 @@ def reconcile_model(
     if _on_existing_gpu_nodes(spec):
         outcome.node_selector = place.node_selector
     return outcome
+
+
+def _kept(previous: list[dict[str, Any]]) -> cond.Verdict:
+    """Upgrading when serving was not reconciled in this pass (new weights still filling):
+    as it was, else nothing runs yet."""
+    was = cond.find(previous, cond.UPGRADING)
+    if was is None:
+        return cond.Verdict("False", cond.UP_TO_DATE, "No RayCluster runs yet.")
+    return cond.Verdict(str(was["status"]), str(was["reason"]), str(was.get("message") or ""))
 
 
 def model_status(
@@ -257,6 +304,16 @@ def model_status(
         conditions = cond.set_condition(
             conditions, type_, v.status, v.reason, v.message, generation, timestamp
         )
+    upgrading = children.upgrade or _kept(previous)
+    conditions = cond.set_condition(
+        conditions,
+        cond.UPGRADING,
+        upgrading.status,
+        upgrading.reason,
+        upgrading.message,
+        generation,
+        timestamp,
+    )
     was_ready = status.get("phase") in ("Ready", "Degraded")
     wanted, ready_n = observe.replicas(children.rayservice)
     new_status: dict[str, Any] = {
@@ -269,12 +326,12 @@ def model_status(
         "ready": f"{ready_n}/{wanted}",
     }
     events: list[Event] = transition_events(previous, conditions)
-    if children.cluster_action == RECREATED:
+    if children.cluster_action == RECREATED and upgrading.reason != cond.RECREATING_WITH_OUTAGE:
         events.append(
             Event(
                 "Normal",
                 cond.RAYCLUSTER_RECREATED,
-                "The pod templates changed (image, GPUs, CPU, memory or placement): the RayCluster is recreated from the new spec; serving pauses until it is up.",
+                "The pod templates changed (image, GPUs, CPU, memory or placement) before the RayCluster served: it is made again from the new spec.",
             )
         )
     elif children.cluster_action:
@@ -287,6 +344,7 @@ def model_status(
         requeue_at=observe.earliest(
             observe.next_deadline(stages, conditions, now),
             observe.secret_recheck([children.cache, *children.adapter_caches.values()], now),
+            children.upgrade_at,
         ),
     )
 

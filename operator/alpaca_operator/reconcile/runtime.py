@@ -50,9 +50,20 @@ def utc_now() -> datetime.datetime:
 
 
 def summary(status: dict[str, Any]) -> str:
-    """The log line of a status change: the phase and the first condition not true."""
-    waiting = next((c for c in status.get("conditions") or [] if c.get("status") != "True"), None)
-    why = f"{waiting['type']} {waiting['reason']}" if waiting else "all conditions true"
+    """The log line of a status change: the phase and the first condition not true (Upgrading:
+    while it is true, an upgrade runs)."""
+    conditions = status.get("conditions") or []
+    waiting = next(
+        (c for c in conditions if c.get("status") != "True" and c.get("type") != cond.UPGRADING),
+        None,
+    )
+    upgrading = next(
+        (c for c in conditions if c.get("type") == cond.UPGRADING and c.get("status") == "True"),
+        None,
+    )
+    why = f"{waiting['type']} {waiting['reason']}" if waiting else "all stages ready"
+    if upgrading:
+        why += f"; Upgrading {upgrading['reason']}"
     return f"status written, phase {status.get('phase')} ({why})"
 
 

@@ -19,6 +19,7 @@ DASHBOARD_PORT = 8265  # Ray's dashboard and Jobs API (KubeRay submits the Serve
 METRICS_PORT = 8080  # Ray's Prometheus metrics (vLLM's among them)
 HAPROXY_METRICS_PORT = 9101  # HAProxy's Prometheus metrics, on Ray Serve's fast path
 MODELS_MOUNT = "/models"
+RAY_CLUSTER_LABEL = "ray.io/cluster"  # KubeRay's, on every pod of a RayCluster
 # None: KubeRay never starts a second RayCluster beside the first (NewCluster would need twice
 # the GPUs during every change). Serve config changes (engine, adapters, autoscaling) are applied
 # in place by KubeRay; see docs/decisions.md for changes to the cluster itself.
@@ -197,8 +198,14 @@ def rayservice(
     }
 
 
-def endpoint_service(name: str, namespace: str) -> dict[str, Any]:
-    """A stable ClusterIP Service for the OpenAI API, independent of KubeRay's own names."""
+def endpoint_service(name: str, namespace: str, cluster: str = "") -> dict[str, Any]:
+    """A stable ClusterIP Service for the OpenAI API, independent of KubeRay's own names.
+    `cluster`: the RayCluster that serves (KubeRay's active one): while a new cluster starts
+    beside it, the new one's pods (whose proxies are up before its model is loaded) get no
+    traffic."""
+    selector = {names.LABEL_MODEL: name, "ray.io/serve": "true"}
+    if cluster:
+        selector[RAY_CLUSTER_LABEL] = cluster
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -210,8 +217,9 @@ def endpoint_service(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             # Our label is on every pod of the RayService; KubeRay sets ray.io/serve=true on the
-            # pods whose Serve proxy is ready, so traffic goes only to them.
-            "selector": {names.LABEL_MODEL: name, "ray.io/serve": "true"},
+            # pods whose Serve proxy is ready, so traffic goes only to them, and only to those
+            # of the serving cluster.
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}
             ],

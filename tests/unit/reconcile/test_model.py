@@ -68,6 +68,7 @@ def test_a_model_goes_through_every_stage():
         cond.WEIGHTS: cond.FILL_PENDING,
         cond.SERVING: cond.WAITING_FOR_WEIGHTS,
         cond.READY: cond.WAITING_FOR_NODES,
+        cond.UPGRADING: cond.UP_TO_DATE,
     }
     assert owners(kube.stored("v1", "PersistentVolumeClaim", cache, NS)) == [
         ("AlpacaModel", "alpaca-7b", False)
