@@ -23,6 +23,7 @@ from alpaca_dev.stack import thirdparty
 FAKE_NODE = ("kwok.x-k8s.io/node", "fake")
 """The annotation KWOK manages nodes by (Karpenter's KWOK provider sets it on its nodes)."""
 GPU = "nvidia.com/gpu"
+POD_CIDR = "10.123.0.0/16"  # KWOK's pods' addresses (nothing answers there; see fakeray.py)
 GPU_TAINT = {"key": GPU, "value": "true", "effect": "NoSchedule"}
 NODE_STAGES = ("node-initialize.yaml", "node-heartbeat.yaml")
 POD_STAGES = ("pod-ready.yaml", "pod-complete.yaml", "pod-delete.yaml")
@@ -88,7 +89,7 @@ def start_kwok(cp: ControlPlane) -> None:
             f"--config={config}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={FAKE_NODE[0]}={FAKE_NODE[1]}",
-            "--cidr=10.123.0.0/16",
+            f"--cidr={POD_CIDR}",
             "--node-ip=10.123.0.1",
             f"--server-address=127.0.0.1:{free_port()}",
         ],

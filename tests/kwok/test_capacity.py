@@ -7,7 +7,6 @@ fine-tune -> quota -> admitted -> trained on the launched node."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,117 +14,45 @@ import yaml
 
 from alpaca_dev import kwok
 from alpaca_dev.controlplane import ControlPlane, wait_for
-from alpaca_dev.stack import example, kuberay, thirdparty
-from alpaca_operator.observe.model import condition_of
-from alpaca_operator.render import names
-from tests.conftest import REPO, k8s_bin_dir, operator_process
+from tests.conftest import REPO
+from tests.kwok.support import (
+    KWOK_CLASS,
+    TIMEOUT,
+    condition,
+    model,
+    running_on,
+    wait_reason,
+    worker_pods,
+)
 
 pytestmark = [pytest.mark.kwok, pytest.mark.xdist_group("kwok")]
-
-KWOK_CLASS = {"group": "karpenter.kwok.sh", "kind": "KWOKNodeClass", "name": "default"}
-RESTRICTED, MODES = "pod-security.kubernetes.io/", ("enforce", "warn", "audit")
-TIMEOUT = 240  # generous: seven controllers share this machine's two cores
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    work = tmp_path_factory.mktemp("kwok")
-    cp = ControlPlane(bin_dir=k8s_bin_dir(), workdir=work / "cp")
-    with cp:
-        cp.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
-        cp.start_controller_manager(["*"])
-        cp.start_scheduler()
-        kwok.start_kwok(cp)
-        with kuberay(cp, thirdparty("crds"), work / "kuberay.log"):
-            # after KubeRay's folder (it holds Karpenter 1.15's CRDs): the provider's own
-            kwok.start_karpenter(cp, kwok.gpu_instance_types())
-            kwok.start_kueue(cp)
-            cp.apply(kwok.node("cpu-0", cpu="64", memory="512Gi"))  # fill Jobs, Ray heads
-            kwok.wait_node_ready(cp, "cpu-0")
-            log = work / "operator.log"
-            with operator_process(cp.env(), log, "--standalone", "--metrics-port=0"):
-                yield cp
-
-
-@pytest.fixture
-def namespace(sim: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "kwok-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
-    sim.kubectl_run("create", "namespace", name)
-    # as hardened clusters do: a pod the Job controller or KubeRay makes from what the
-    # operator rendered is refused unless it meets the `restricted` Pod Security Standard
-    sim.kubectl_run("label", "namespace", name, *(f"{RESTRICTED}{m}=restricted" for m in MODES))
-    yield name
-    sim.kubectl_run("delete", "namespace", name, "--wait=false")
-
-
-def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    return condition_of(obj, type_) or {}
-
-
-def _reason(cp: ControlPlane, kind: str, name: str, ns: str, type_: str) -> str:
-    return str(_condition(cp.get_json(kind, name, ns), type_).get("reason", ""))
-
-
-def _wait_reason(
-    cp: ControlPlane, kind: str, name: str, ns: str, type_: str, reason: str
-) -> dict[str, Any]:
-    wait_for(
-        lambda: _reason(cp, kind, name, ns, type_) == reason,
-        f"{kind} {name} {type_}={reason} (now {_reason(cp, kind, name, ns, type_)})",
-        TIMEOUT,
-        interval=1,
-    )
-    return _condition(cp.get_json(kind, name, ns), type_)
-
-
-def _model(name: str, **overrides: Any) -> dict[str, Any]:
-    doc = example("alpaca.yaml", **overrides)
-    doc["metadata"]["name"] = name
-    weights = doc["spec"]["weights"]
-    weights.pop("recover"), weights.pop("credentialsSecret")
-    weights["source"] = "http://127.0.0.1:9/alpaca-7b/"  # KWOK never runs the fill
-    return dict(doc)
-
-
-def _worker_pods(cp: ControlPlane, ns: str, model: str) -> list[dict[str, Any]]:
-    selector = f"ray.io/node-type=worker,{names.LABEL_MODEL}={model}"
-    out = cp.kubectl_run("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
-    return list(json.loads(out)["items"])
-
-
-def _running_on(cp: ControlPlane, ns: str, model: str) -> set[str]:
-    return {
-        p["spec"].get("nodeName", "")
-        for p in _worker_pods(cp, ns, model)
-        if p.get("status", {}).get("phase") == "Running"
-    }
 
 
 def test_a_model_on_existing_nodes_waits_for_a_node_that_fits(sim: ControlPlane, namespace: str):
     cp, ns = sim, namespace
-    model = _model(
+    doc = model(
         "on-nodes",
         **{"capacity.nodeSelector": {"pool": "kwok-a"}, "resources.gpus": 2},
     )
-    cp.apply(model, ns)
-    waiting = _wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "WaitingForNodes")
+    cp.apply(doc, ns)
+    waiting = wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "WaitingForNodes")
     assert "pool=kwok-a" in waiting["message"]
     # the weights are filled meanwhile (KWOK completes the fill Job's pod on cpu-0) and the
     # RayService is deployed; its worker, asking for 2 GPUs, has nowhere to go
-    _wait_reason(cp, "am", "on-nodes", ns, "WeightsReady", "CacheFilled")
-    wait_for(lambda: _worker_pods(cp, ns, "on-nodes"), "the Ray worker pod", TIMEOUT)
-    assert _running_on(cp, ns, "on-nodes") == set()
+    wait_reason(cp, "am", "on-nodes", ns, "WeightsReady", "CacheFilled")
+    wait_for(lambda: worker_pods(cp, ns, "on-nodes"), "the Ray worker pod", TIMEOUT)
+    assert running_on(cp, ns, "on-nodes") == set()
 
     cp.apply(kwok.node("kwok-a-small", gpus=1, labels={"pool": "kwok-a"}))
-    small = _wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "InsufficientGPU")
+    small = wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "InsufficientGPU")
     assert "largest allocatable on the 1 matching node(s) is 1" in small["message"]
 
     cp.apply(kwok.node("kwok-a-large", gpus=4, labels={"pool": "kwok-a"}))
-    fits = _wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "NodesAvailable")
+    fits = wait_reason(cp, "am", "on-nodes", ns, "CapacityReady", "NodesAvailable")
     assert fits["status"] == "True" and "1 of 2 matching node(s)" in fits["message"]
     # the real scheduler puts the worker where its 2 GPUs fit, KWOK runs it
     wait_for(
-        lambda: _running_on(cp, ns, "on-nodes") == {"kwok-a-large"},
+        lambda: running_on(cp, ns, "on-nodes") == {"kwok-a-large"},
         "the Ray worker running on kwok-a-large",
         TIMEOUT,
         interval=1,
@@ -134,7 +61,7 @@ def test_a_model_on_existing_nodes_waits_for_a_node_that_fits(sim: ControlPlane,
 
 def test_a_karpenter_model_gets_nodes_launched_for_its_replicas(sim: ControlPlane, namespace: str):
     cp, ns = sim, namespace
-    model = _model(
+    doc = model(
         "spot",
         **{
             "capacity": {
@@ -143,10 +70,10 @@ def test_a_karpenter_model_gets_nodes_launched_for_its_replicas(sim: ControlPlan
             }
         },
     )
-    cp.apply(model, ns)
-    ready = _wait_reason(cp, "am", "spot", ns, "CapacityReady", "NodePoolReady")
+    cp.apply(doc, ns)
+    ready = wait_reason(cp, "am", "spot", ns, "CapacityReady", "NodePoolReady")
     pool = ready["message"].split()[1]
-    wait_for(lambda: _worker_pods(cp, ns, "spot"), "the Ray worker pod", TIMEOUT)
+    wait_for(lambda: worker_pods(cp, ns, "spot"), "the Ray worker pod", TIMEOUT)
 
     def launched() -> set[str]:
         out = cp.kubectl_run("get", "nodes", "-l", f"karpenter.sh/nodepool={pool}", "-o", "json")
@@ -156,13 +83,13 @@ def test_a_karpenter_model_gets_nodes_launched_for_its_replicas(sim: ControlPlan
     claims = json.loads(cp.kubectl_run("get", "nodeclaims", "-o", "json").stdout)["items"]
     assert any(c["metadata"]["labels"].get("karpenter.sh/nodepool") == pool for c in claims)
     wait_for(
-        lambda: _running_on(cp, ns, "spot") & launched(),
+        lambda: running_on(cp, ns, "spot") & launched(),
         "the Ray worker running on a launched node",
         TIMEOUT,
         interval=1,
     )
     # launched from the NodePool the operator rendered: a GPU instance, the GPU taint
-    node = cp.get_json("node", sorted(_running_on(cp, ns, "spot") & launched())[0]) or {}
+    node = cp.get_json("node", sorted(running_on(cp, ns, "spot") & launched())[0]) or {}
     assert int(node["status"]["allocatable"][kwok.GPU]) >= 1
     assert kwok.GPU_TAINT in node["spec"]["taints"]
     assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"].startswith("g-a10g-")
@@ -181,7 +108,7 @@ def test_a_queued_fine_tune_trains_once_kueue_admits_it(sim: ControlPlane, names
     doc["spec"]["capacity"]["karpenter"]["capacityTypes"] = ["on-demand"]
     cp.apply(doc, ns)
     name = doc["metadata"]["name"]
-    queued = _wait_reason(cp, "aft", name, ns, "Training", "Queued")
+    queued = wait_reason(cp, "aft", name, ns, "Training", "Queued")
     assert "research-gpus" in queued["message"]
     job = wait_for(lambda: _training_job(cp, ns), "training Job", 60)
     assert job["spec"]["suspend"] is True
@@ -194,7 +121,7 @@ def test_a_queued_fine_tune_trains_once_kueue_admits_it(sim: ControlPlane, names
         interval=2,
     )
     workloads = cp.items("workloads.kueue.x-k8s.io", ns)
-    assert any(_condition(w, "Admitted").get("status") == "True" for w in workloads)
+    assert any(condition(w, "Admitted").get("status") == "True" for w in workloads)
     pods = json.loads(
         cp.kubectl_run(
             "get", "pods", "-n", ns, "-l", f"job-name={job['metadata']['name']}", "-o", "json"

@@ -1,0 +1,281 @@
+"""Upgrades of a serving model on simulated GPU nodes (issue 17): the real KubeRay operator
+carries out what the operator decides, the real scheduler places the new cluster's pods within
+what is free, and fakeray answers for Ray on KWOK's pods. A client keeps calling the model's
+endpoint through the apiserver's service proxy (the endpoint Service's own selection of pods)
+throughout, and what it got is the verdict: no failed request when there is room; one outage,
+reported, when there is not."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kubernetes
+import pytest
+
+from alpaca_dev import fakeray, kwok
+from alpaca_dev.controlplane import ControlPlane, wait_for
+from alpaca_operator import conditions as cond
+from alpaca_operator.render import names
+from tests.kwok.support import TIMEOUT, condition, model, wait_reason
+
+pytestmark = [pytest.mark.kwok, pytest.mark.xdist_group("kwok")]
+
+MAX_REQUESTS, EVERY = 3000, 0.2  # the client's bound: at most 10 minutes of requests
+
+
+class Traffic:
+    """One request every 0.2 s to the model's endpoint Service (GET /v1/models through the
+    apiserver's service proxy); which cluster answered, or what failed, with when."""
+
+    def __init__(self, api: Any, namespace: str, model_name: str) -> None:
+        service = names.endpoint_service_name(model_name)
+        self.path = f"/api/v1/namespaces/{namespace}/services/{service}:http/proxy/v1/models"
+        self.api = api
+        self.answers: list[tuple[float, str]] = []  # (time, cluster)
+        self.failures: list[tuple[float, str]] = []  # (time, what)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _one(self) -> None:
+        at = time.monotonic()
+        try:
+            method, url, headers, body, _ = self.api.param_serialize(
+                "GET", self.path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
+            )
+            response = self.api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=10
+            )
+            response.read()
+            if response.status == 200:
+                self.answers.append((at, json.loads(response.data)["cluster"]))
+            else:
+                self.failures.append((at, f"{response.status} {response.data[:120]!r}"))
+        except Exception as exc:  # a connection refused, a time-out
+            self.failures.append((at, repr(exc)[:160]))
+
+    def _run(self) -> None:
+        for _ in range(MAX_REQUESTS):
+            if self._stop.wait(EVERY):
+                return
+            self._one()
+
+    def answered_by(self, cluster: str) -> int:
+        return sum(1 for _, c in self.answers if c == cluster)
+
+    def wait_answers(self, cluster: str, count: int = 3, timeout: float = 60) -> None:
+        try:
+            wait_for(lambda: self.answered_by(cluster) >= count, f"answers from {cluster}", timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {self.summary()}") from None
+
+    @contextmanager
+    def running(self) -> Iterator[Traffic]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(timeout=30)
+
+    def summary(self) -> str:
+        by_cluster = Counter(c for _, c in self.answers)
+        return (
+            f"answered {dict(by_cluster)}, failed {len(self.failures)}: "
+            f"{self.failures[:2]} ... {self.failures[-2:]}"
+        )
+
+
+class Timeline:
+    """The Upgrading condition and KubeRay's clusters, sampled every second: what happened."""
+
+    def __init__(self, cp: ControlPlane, ns: str, name: str) -> None:
+        self.cp, self.ns, self.name = cp, ns, name
+        self.start = time.monotonic()
+        self.steps: list[tuple[float, str, str, str]] = []  # (s, reason, active, pending)
+
+    def sample(self) -> tuple[str, str, str]:
+        obj = self.cp.get_json("am", self.name, self.ns)
+        rs = (self.cp.get_json("rayservice", self.name, self.ns) or {}).get("status") or {}
+        now = (
+            str(condition(obj, cond.UPGRADING).get("reason", "")),
+            str((rs.get("activeServiceStatus") or {}).get("rayClusterName") or ""),
+            str((rs.get("pendingServiceStatus") or {}).get("rayClusterName") or ""),
+        )
+        if not self.steps or self.steps[-1][1:] != now:
+            self.steps.append((round(time.monotonic() - self.start, 1), *now))
+        return now
+
+    def until(self, check: Any, what: str, timeout: float = TIMEOUT) -> tuple[str, str, str]:
+        """Sample until `check(reason, active, pending)`; that sample."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.sample()
+            if check(*now):
+                return now
+            time.sleep(1)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {self.steps}")
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _, _ in self.steps]
+
+
+def _api(cp: ControlPlane) -> Any:
+    return kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig))
+
+
+def _gpu_nodes(cp: ControlPlane, ns: str, count: int) -> dict[str, str]:
+    labels = {"pool": ns}
+    for i in range(count):
+        cp.apply(kwok.node(f"{ns}-gpu-{i}", gpus=1, labels=labels))
+    for i in range(count):
+        kwok.wait_node_ready(cp, f"{ns}-gpu-{i}")
+    return labels
+
+
+def _memory_of(cp: ControlPlane, ns: str, cluster: str) -> str:
+    rc = cp.get_json("raycluster", cluster, ns)
+    if rc is None:
+        return ""
+    worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    return str(worker["resources"]["limits"]["memory"])
+
+
+def _events(cp: ControlPlane, ns: str, name: str) -> list[str]:
+    out = cp.kubectl_run(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    ).stdout
+    return [
+        e["reason"]
+        for e in json.loads(out)["items"]
+        if e["involvedObject"]["kind"] == "AlpacaModel"
+    ]
+
+
+def _serving(cp: ControlPlane, ns: str, name: str) -> str:
+    """Wait for the model to be Ready; its serving cluster."""
+    wait_for(
+        lambda: (cp.get_json("am", name, ns) or {}).get("status", {}).get("phase") == "Ready",
+        f"AlpacaModel {name} Ready",
+        TIMEOUT,
+        interval=1,
+    )
+    rs = cp.get_json("rayservice", name, ns) or {}
+    return str(rs["status"]["activeServiceStatus"]["rayClusterName"])
+
+
+def _cleanup(cp: ControlPlane, ns: str, nodes: int) -> None:
+    cp.kubectl_run("delete", "am", "--all", "-n", ns, "--wait=false")
+    for i in range(nodes):
+        cp.kubectl_run("delete", "node", f"{ns}-gpu-{i}", "--wait=false")
+
+
+def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
+    sim: ControlPlane, namespace: str
+):
+    """One GPU serving, one free: each new cluster starts beside the serving one, traffic moves
+    once its app runs; a second change during the upgrade converges to the newest spec, its
+    cluster waiting for the GPU the superseded one held rather than exceeding what is free."""
+    cp, ns = sim, namespace
+    pool = _gpu_nodes(cp, ns, 2)
+    doc = model("up", **{"capacity.nodeSelector": pool, "autoscaling.maxReplicas": 1})
+    api = _api(cp)
+    timeline = Timeline(cp, ns, "up")
+    try:
+        with fakeray.fake_ray(api, ns, kwok.POD_CIDR, load_seconds=5):
+            cp.apply(doc, ns)
+            first = _serving(cp, ns, "up")
+            with Traffic(api, ns, "up").running() as traffic:
+                traffic.wait_answers(first)
+                doc["spec"]["resources"]["memory"] = "40Gi"
+                cp.apply(doc, ns)
+                # KubeRay starts the new cluster beside the first (it names it, then makes it
+                # from the spec of that moment); then a second change
+                _, _, superseded = timeline.until(
+                    lambda r, a, p: p != "" and _memory_of(cp, ns, p) == "40Gi",
+                    "a new cluster starting",
+                )
+                doc["spec"]["resources"]["memory"] = "48Gi"
+                cp.apply(doc, ns)
+                _, final, _ = timeline.until(
+                    lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first) and not p,
+                    "the newest cluster serving",
+                    timeout=2 * TIMEOUT,
+                )
+                traffic.wait_answers(final)
+            print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
+            print(f"traffic: {traffic.summary()}")
+            assert final != superseded
+            assert _memory_of(cp, ns, final) == "48Gi"
+            assert not traffic.failures, traffic.summary()
+            assert traffic.answered_by(first) and traffic.answered_by(final)
+            assert cond.NEW_CLUSTER_STARTING in timeline.reasons()
+            assert cond.RECREATING_WITH_OUTAGE not in timeline.reasons()
+            events = _events(cp, ns, "up")
+            assert cond.NEW_CLUSTER_STARTING in events and cond.RECREATING_WITH_OUTAGE not in events
+            rs = cp.get_json("rayservice", "up", ns) or {}
+            assert rs["spec"]["upgradeStrategy"] == {"type": "None"}  # at rest again
+            service = cp.get_json("service", names.endpoint_service_name("up"), ns) or {}
+            assert service["spec"]["selector"]["ray.io/cluster"] == final
+    finally:
+        _cleanup(cp, ns, 2)
+
+
+def test_without_room_auto_waits_then_recreates_once(sim: ControlPlane, namespace: str):
+    """One GPU, in use: the change waits (the serving cluster keeps its spec), then at
+    capacityTimeout the serving cluster goes first; the outage is counted, not hidden."""
+    cp, ns = sim, namespace
+    pool = _gpu_nodes(cp, ns, 1)
+    doc = model(
+        "tight",
+        **{
+            "capacity.nodeSelector": pool,
+            "autoscaling.maxReplicas": 1,
+            "upgrade": {"strategy": "Auto", "capacityTimeout": "30s"},
+        },
+    )
+    api = _api(cp)
+    timeline = Timeline(cp, ns, "tight")
+    try:
+        with fakeray.fake_ray(api, ns, kwok.POD_CIDR, load_seconds=5):
+            cp.apply(doc, ns)
+            first = _serving(cp, ns, "tight")
+            with Traffic(api, ns, "tight").running() as traffic:
+                traffic.wait_answers(first)
+                doc["spec"]["resources"]["memory"] = "40Gi"
+                cp.apply(doc, ns)
+                waiting = wait_reason(
+                    cp, "am", "tight", ns, cond.UPGRADING, cond.WAITING_FOR_CAPACITY
+                )
+                assert "0 fit on the 1 matching node(s)" in waiting["message"], waiting
+                rs = cp.get_json("rayservice", "tight", ns) or {}
+                worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+                assert (
+                    worker["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+                    == "32Gi"
+                ), "while it waits, the serving cluster keeps the spec it serves"
+                assert (
+                    not (rs.get("status") or {})
+                    .get("pendingServiceStatus", {})
+                    .get("rayClusterName")
+                )
+                _, final, _ = timeline.until(
+                    lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first),
+                    "the recreated cluster serving",
+                    timeout=2 * TIMEOUT,
+                )
+                traffic.wait_answers(final)
+            print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
+            print(f"traffic during a forced recreate: {traffic.summary()}")
+            assert _memory_of(cp, ns, final) == "40Gi"
+            assert cond.RECREATING_WITH_OUTAGE in timeline.reasons()
+            events = _events(cp, ns, "tight")
+            assert events.count(cond.RECREATING_WITH_OUTAGE) == 1
+            assert events.count(cond.WAITING_FOR_CAPACITY) == 1
+    finally:
+        _cleanup(cp, ns, 1)
