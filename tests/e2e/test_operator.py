@@ -61,7 +61,14 @@ def test_model_lifecycle(control_plane, thirdparty_crds, operator, namespace):
     obj = _wait(lambda: accepted_at(1), what="generation 1 accepted")
     assert obj["status"]["phase"] in ("Provisioning", "Downloading")
     types = [c["type"] for c in obj["status"]["conditions"]]
-    assert types == ["Accepted", "CapacityReady", "WeightsReady", "ServingReady", "Ready"]
+    assert types == [
+        "Accepted",
+        "CapacityReady",
+        "WeightsReady",
+        "ServingReady",
+        "Ready",
+        "Upgrading",
+    ]
     assert all(c["observedGeneration"] == 1 for c in obj["status"]["conditions"])
     assert _condition(obj, "ServingReady")["reason"] == "WaitingForWeights"
     assert "kopf" not in obj["status"]  # no handler-keyed status

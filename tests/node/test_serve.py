@@ -93,9 +93,12 @@ def test_a_fill_that_cannot_succeed_fails_with_the_clis_reason(cluster: Cluster,
 
 def test_the_model_is_ready_from_what_its_pods_report(cluster: Cluster, ready):
     conditions = {c["type"]: c["status"] for c in ready["conditions"]}
-    assert conditions == dict.fromkeys(
-        ("Accepted", "CapacityReady", "WeightsReady", "ServingReady", "Ready"), "True"
-    )
+    assert conditions == {
+        **dict.fromkeys(
+            ("Accepted", "CapacityReady", "WeightsReady", "ServingReady", "Ready"), "True"
+        ),
+        "Upgrading": "False",  # no upgrade runs
+    }
     fill = _pods(cluster, names.LABEL_CACHE)
     assert [p["status"]["phase"] for p in fill] == ["Succeeded"]
     assert fill[0]["spec"]["containers"][0]["image"] == cluster.images["weights"].ref
