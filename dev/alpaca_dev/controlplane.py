@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -66,8 +67,28 @@ class KubectlError(RuntimeError):
     """kubectl exited non-zero; the message carries its stderr."""
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    """A TCP port on 127.0.0.1 that nothing listens on now, below the kernel's ephemeral range.
+    A port is often chosen well before something listens on it (an operator's metrics port, at
+    collection time); one from the ephemeral range may meanwhile be the local end of any
+    outgoing connection on this machine (a fresh-clone CI run lost the e2e operator's startup
+    to that: "Address already in use"). Below the range only other listeners compete."""
+    low, pick = _ephemeral_low(), random.SystemRandom()  # not the seeded global random
+    for _ in range(500):
+        port = pick.randint(20000, low - 1) if low > 20100 else pick.randint(1024, 65535)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
