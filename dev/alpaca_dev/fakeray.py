@@ -24,8 +24,6 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -174,11 +172,3 @@ class FakeRay:
             server.shutdown()
             server.server_close()
         subprocess.run(["ip", "route", "del", "local", self.cidr, "dev", "lo"], check=False)
-
-
-@contextmanager
-def fake_ray(
-    client: Any, namespace: str, cidr: str, load_seconds: float = 5.0
-) -> Iterator[FakeRay]:
-    with FakeRay(client, namespace, cidr, load_seconds) as fake:
-        yield fake

@@ -134,13 +134,7 @@ def test_changes_before_serving_never_start_a_second_cluster(gc_kuberay_plane):
     from alpaca_operator.reconcile.upgrade import RECREATED, RESCALED
 
     def settle_cluster(kube: Any, rs: dict[str, Any], desired: dict[str, Any]) -> str | None:
-        active_name, pending_name = upgrade.cluster_names(rs)
-        active = (
-            kube.get("ray.io/v1", "RayCluster", active_name, namespace) if active_name else None
-        )
-        pending = (
-            kube.get("ray.io/v1", "RayCluster", pending_name, namespace) if pending_name else None
-        )
+        active, pending = upgrade.clusters(kube, rs, namespace)
         step = upgrade.plan(
             Upgrade(strategy="ZeroDowntime"),
             rs,
@@ -153,7 +147,7 @@ def test_changes_before_serving_never_start_a_second_cluster(gc_kuberay_plane):
             now=datetime.datetime.now(datetime.UTC),
         )
         assert step.strategy == upgrade.AT_REST
-        return upgrade.carry_out(kube, namespace, step, active or pending, desired)
+        return upgrade.carry_out(kube, namespace, step)
 
     cp = gc_kuberay_plane
     namespace = "default"

@@ -175,6 +175,27 @@ def _cleanup(cp: ControlPlane, ns: str, nodes: int) -> None:
         cp.kubectl_run("delete", "node", f"{ns}-gpu-{i}", "--wait=false")
 
 
+@contextmanager
+def _served(
+    cp: ControlPlane, ns: str, name: str, gpu_nodes: int, **overrides: Any
+) -> Iterator[tuple[dict[str, Any], str, Traffic, Timeline]]:
+    """Model `name` with one replica on `gpu_nodes` one-GPU nodes of its own, Ready with
+    fakeray answering for Ray, and a client calling its endpoint that has had answers from the
+    first cluster: (its manifest, that cluster, the client, the timeline). All gone after."""
+    pool = _gpu_nodes(cp, ns, gpu_nodes)
+    doc = model(name, **{"capacity.nodeSelector": pool, "autoscaling.maxReplicas": 1, **overrides})
+    api = _api(cp)
+    try:
+        with fakeray.FakeRay(api, ns, kwok.POD_CIDR, load_seconds=5):
+            cp.apply(doc, ns)
+            first = _serving(cp, ns, name)
+            with Traffic(api, ns, name).running() as traffic:
+                traffic.wait_answers(first)
+                yield doc, first, traffic, Timeline(cp, ns, name)
+    finally:
+        _cleanup(cp, ns, gpu_nodes)
+
+
 def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
     sim: ControlPlane, namespace: str
 ):
@@ -182,100 +203,65 @@ def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
     once its app runs; a second change during the upgrade converges to the newest spec, its
     cluster waiting for the GPU the superseded one held rather than exceeding what is free."""
     cp, ns = sim, namespace
-    pool = _gpu_nodes(cp, ns, 2)
-    doc = model("up", **{"capacity.nodeSelector": pool, "autoscaling.maxReplicas": 1})
-    api = _api(cp)
-    timeline = Timeline(cp, ns, "up")
-    try:
-        with fakeray.fake_ray(api, ns, kwok.POD_CIDR, load_seconds=5):
-            cp.apply(doc, ns)
-            first = _serving(cp, ns, "up")
-            with Traffic(api, ns, "up").running() as traffic:
-                traffic.wait_answers(first)
-                doc["spec"]["resources"]["memory"] = "40Gi"
-                cp.apply(doc, ns)
-                # KubeRay starts the new cluster beside the first (it names it, then makes it
-                # from the spec of that moment); then a second change
-                _, _, superseded = timeline.until(
-                    lambda r, a, p: p != "" and _memory_of(cp, ns, p) == "40Gi",
-                    "a new cluster starting",
-                )
-                doc["spec"]["resources"]["memory"] = "48Gi"
-                cp.apply(doc, ns)
-                _, final, _ = timeline.until(
-                    lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first) and not p,
-                    "the newest cluster serving",
-                    timeout=2 * TIMEOUT,
-                )
-                traffic.wait_answers(final)
-            print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
-            print(f"traffic: {traffic.summary()}")
-            assert final != superseded
-            assert _memory_of(cp, ns, final) == "48Gi"
-            assert not traffic.failures, traffic.summary()
-            assert traffic.answered_by(first) and traffic.answered_by(final)
-            assert cond.NEW_CLUSTER_STARTING in timeline.reasons()
-            assert cond.RECREATING_WITH_OUTAGE not in timeline.reasons()
-            events = _events(cp, ns, "up")
-            assert cond.NEW_CLUSTER_STARTING in events and cond.RECREATING_WITH_OUTAGE not in events
-            rs = cp.get_json("rayservice", "up", ns) or {}
-            assert rs["spec"]["upgradeStrategy"] == {"type": "None"}  # at rest again
-            service = cp.get_json("service", names.endpoint_service_name("up"), ns) or {}
-            assert service["spec"]["selector"]["ray.io/cluster"] == final
-    finally:
-        _cleanup(cp, ns, 2)
+    with _served(cp, ns, "up", gpu_nodes=2) as (doc, first, traffic, timeline):
+        doc["spec"]["resources"]["memory"] = "40Gi"
+        cp.apply(doc, ns)
+        # KubeRay starts the new cluster beside the first (it names it, then makes it from the
+        # spec of that moment); then a second change
+        _, _, superseded = timeline.until(
+            lambda r, a, p: p != "" and _memory_of(cp, ns, p) == "40Gi",
+            "a new cluster starting",
+        )
+        doc["spec"]["resources"]["memory"] = "48Gi"
+        cp.apply(doc, ns)
+        _, final, _ = timeline.until(
+            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first) and not p,
+            "the newest cluster serving",
+            timeout=2 * TIMEOUT,
+        )
+        traffic.wait_answers(final)
+        print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
+        print(f"traffic: {traffic.summary()}")
+        assert final != superseded
+        assert _memory_of(cp, ns, final) == "48Gi"
+        assert not traffic.failures, traffic.summary()
+        assert traffic.answered_by(first) and traffic.answered_by(final)
+        assert cond.NEW_CLUSTER_STARTING in timeline.reasons()
+        assert cond.RECREATING_WITH_OUTAGE not in timeline.reasons()
+        events = _events(cp, ns, "up")
+        assert cond.NEW_CLUSTER_STARTING in events and cond.RECREATING_WITH_OUTAGE not in events
+        rs = cp.get_json("rayservice", "up", ns) or {}
+        assert rs["spec"]["upgradeStrategy"] == {"type": "None"}  # at rest again
+        service = cp.get_json("service", names.endpoint_service_name("up"), ns) or {}
+        assert service["spec"]["selector"]["ray.io/cluster"] == final
 
 
 def test_without_room_auto_waits_then_recreates_once(sim: ControlPlane, namespace: str):
     """One GPU, in use: the change waits (the serving cluster keeps its spec), then at
     capacityTimeout the serving cluster goes first; the outage is counted, not hidden."""
     cp, ns = sim, namespace
-    pool = _gpu_nodes(cp, ns, 1)
-    doc = model(
-        "tight",
-        **{
-            "capacity.nodeSelector": pool,
-            "autoscaling.maxReplicas": 1,
-            "upgrade": {"strategy": "Auto", "capacityTimeout": "30s"},
-        },
-    )
-    api = _api(cp)
-    timeline = Timeline(cp, ns, "tight")
-    try:
-        with fakeray.fake_ray(api, ns, kwok.POD_CIDR, load_seconds=5):
-            cp.apply(doc, ns)
-            first = _serving(cp, ns, "tight")
-            with Traffic(api, ns, "tight").running() as traffic:
-                traffic.wait_answers(first)
-                doc["spec"]["resources"]["memory"] = "40Gi"
-                cp.apply(doc, ns)
-                waiting = wait_reason(
-                    cp, "am", "tight", ns, cond.UPGRADING, cond.WAITING_FOR_CAPACITY
-                )
-                assert "0 fit on the 1 matching node(s)" in waiting["message"], waiting
-                rs = cp.get_json("rayservice", "tight", ns) or {}
-                worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-                assert (
-                    worker["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
-                    == "32Gi"
-                ), "while it waits, the serving cluster keeps the spec it serves"
-                assert (
-                    not (rs.get("status") or {})
-                    .get("pendingServiceStatus", {})
-                    .get("rayClusterName")
-                )
-                _, final, _ = timeline.until(
-                    lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first),
-                    "the recreated cluster serving",
-                    timeout=2 * TIMEOUT,
-                )
-                traffic.wait_answers(final)
-            print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
-            print(f"traffic during a forced recreate: {traffic.summary()}")
-            assert _memory_of(cp, ns, final) == "40Gi"
-            assert cond.RECREATING_WITH_OUTAGE in timeline.reasons()
-            events = _events(cp, ns, "tight")
-            assert events.count(cond.RECREATING_WITH_OUTAGE) == 1
-            assert events.count(cond.WAITING_FOR_CAPACITY) == 1
-    finally:
-        _cleanup(cp, ns, 1)
+    policy = {"upgrade": {"strategy": "Auto", "capacityTimeout": "30s"}}
+    with _served(cp, ns, "tight", gpu_nodes=1, **policy) as (doc, first, traffic, timeline):
+        doc["spec"]["resources"]["memory"] = "40Gi"
+        cp.apply(doc, ns)
+        waiting = wait_reason(cp, "am", "tight", ns, cond.UPGRADING, cond.WAITING_FOR_CAPACITY)
+        assert "0 fit on the 1 matching node(s)" in waiting["message"], waiting
+        rs = cp.get_json("rayservice", "tight", ns) or {}
+        worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+        assert (
+            worker["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "32Gi"
+        ), "while it waits, the serving cluster keeps the spec it serves"
+        assert not (rs.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
+        _, final, _ = timeline.until(
+            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", first),
+            "the recreated cluster serving",
+            timeout=2 * TIMEOUT,
+        )
+        traffic.wait_answers(final)
+        print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
+        print(f"traffic during a forced recreate: {traffic.summary()}")
+        assert _memory_of(cp, ns, final) == "40Gi"
+        assert cond.RECREATING_WITH_OUTAGE in timeline.reasons()
+        events = _events(cp, ns, "tight")
+        assert events.count(cond.RECREATING_WITH_OUTAGE) == 1
+        assert events.count(cond.WAITING_FOR_CAPACITY) == 1

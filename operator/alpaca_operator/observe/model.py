@@ -406,7 +406,12 @@ def replicas(rayservice: dict[str, Any] | None) -> tuple[int, int]:
     )
 
 
-def _parse_time(text: str | None) -> datetime.datetime | None:
+def stamp(t: datetime.datetime) -> str:
+    """A time as conditions and messages show it (RFC 3339, seconds, UTC)."""
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime.datetime | None:
     if not text:
         return None
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -415,7 +420,7 @@ def _parse_time(text: str | None) -> datetime.datetime | None:
 def _since(previous: list[dict[str, Any]], type_: str, status: str) -> datetime.datetime | None:
     for c in previous:
         if c.get("type") == type_ and c.get("status") == status:
-            return _parse_time(c.get("lastTransitionTime"))
+            return parse_time(c.get("lastTransitionTime"))
     return None
 
 
@@ -448,7 +453,7 @@ def with_deadlines(
         verdict = stages[type_]
         start = _clock(type_, verdict, previous)
         if start is not None and now - start > limit:
-            since = start.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            since = stamp(start)
             out[type_] = Verdict(
                 "False",
                 reason,
@@ -474,7 +479,7 @@ def _failed_at(job: dict[str, Any] | None) -> datetime.datetime | None:
     failed = condition_of(job, "Failed")
     if not failed or failed.get("status") != "True":
         return None
-    return _parse_time(failed.get("lastTransitionTime"))
+    return parse_time(failed.get("lastTransitionTime"))
 
 
 def secret_recheck(caches: list[CacheState], now: datetime.datetime) -> datetime.datetime | None:

@@ -206,9 +206,7 @@ def _serving(
     ray = desired.rayservice
     ray["metadata"]["ownerReferences"] = owner
     live = ctx.kube.get("ray.io/v1", "RayService", ray["metadata"]["name"], ns)
-    active_name, pending_name = upgrade.cluster_names(live)
-    active = ctx.kube.get("ray.io/v1", "RayCluster", active_name, ns) if active_name else None
-    pending = ctx.kube.get("ray.io/v1", "RayCluster", pending_name, ns) if pending_name else None
+    active, pending = upgrade.clusters(ctx.kube, live, ns)
     step = upgrade.plan(
         spec.upgrade,
         live,
@@ -224,12 +222,7 @@ def _serving(
     # waiting for room: the running cluster keeps the spec it serves (KubeRay would otherwise
     # hand it the new Serve config, which may name weights its pods do not mount)
     children.rayservice = live if step.hold and live is not None else ctx.applier.ensure(ray, live)
-    running = (
-        active
-        if active is not None and not active["metadata"].get("deletionTimestamp")
-        else pending
-    )
-    children.cluster_action = upgrade.carry_out(ctx.kube, ns, step, running, ray)
+    children.cluster_action = upgrade.carry_out(ctx.kube, ns, step)
     children.upgrade, children.upgrade_at = step.verdict, step.requeue_at
     service = rayservice.endpoint_service(name, ns, upgrade.serving_cluster(children.rayservice))
     service["metadata"]["ownerReferences"] = owner
@@ -280,7 +273,7 @@ def _kept(previous: list[dict[str, Any]]) -> cond.Verdict:
     as it was, else nothing runs yet."""
     was = cond.find(previous, cond.UPGRADING)
     if was is None:
-        return cond.Verdict("False", cond.UP_TO_DATE, "No RayCluster runs yet.")
+        return upgrade.NOTHING_RUNS
     return cond.Verdict(str(was["status"]), str(was["reason"]), str(was.get("message") or ""))
 
 

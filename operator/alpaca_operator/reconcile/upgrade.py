@@ -33,6 +33,7 @@ from alpaca_operator.api.base import parse_duration
 from alpaca_operator.api.model import Upgrade
 from alpaca_operator.conditions import Verdict
 from alpaca_operator.kube import Kube
+from alpaca_operator.observe.model import parse_time, stamp
 
 RECREATED = "Recreated"
 RESCALED = "Rescaled"
@@ -58,7 +59,7 @@ class Plan:
     strategy: str = AT_REST  # rendered into the RayService
     hold: bool = False  # leave the live RayService as it is: the change waits for room
     delete: list[str] = field(default_factory=list)  # RayClusters to delete in this pass
-    rescale: bool = False  # the running cluster is the spec's: patch its worker min/max
+    scale: tuple[str, list[dict[str, Any]]] | None = None  # (RayCluster, JSON patch): min/max
     action: str | None = None  # RECREATED when a cluster is deleted for the change
     requeue_at: datetime.datetime | None = None
 
@@ -122,6 +123,17 @@ def cluster_names(rayservice: dict[str, Any] | None) -> tuple[str, str]:
     )
 
 
+def clusters(
+    kube: Kube, rayservice: dict[str, Any] | None, namespace: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The (active, pending) RayClusters KubeRay names, where they exist."""
+    active, pending = (
+        kube.get("ray.io/v1", "RayCluster", name, namespace) if name else None
+        for name in cluster_names(rayservice)
+    )
+    return active, pending
+
+
 def serving_cluster(rayservice: dict[str, Any] | None) -> str:
     """The RayCluster the endpoint sends traffic to: the one KubeRay made active (it promotes a
     new cluster once its Serve app is healthy), else the first one starting."""
@@ -136,16 +148,11 @@ def _pending_apps_running(rayservice: dict[str, Any]) -> bool:
     return bool(apps) and all(a.get("status") == "RUNNING" for a in apps.values())
 
 
-def _stamp(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _began(previous: dict[str, Any] | None, now: datetime.datetime) -> datetime.datetime:
     """When the upgrade in progress began: when Upgrading turned True (every step of one
     upgrade is True, so its lastTransitionTime stays put), or now."""
-    if previous and previous.get("status") == "True" and previous.get("lastTransitionTime"):
-        text = str(previous["lastTransitionTime"])
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if previous and previous.get("status") == "True":
+        return parse_time(previous.get("lastTransitionTime")) or now
     return now
 
 
@@ -153,7 +160,16 @@ def _live(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if obj is None or obj["metadata"].get("deletionTimestamp") else obj
 
 
+def _scale(
+    cluster: dict[str, Any], desired: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """The patch that brings a running cluster's worker min/max to the desired ones, if any."""
+    ops = scale_ops(cluster["spec"], desired["spec"]["rayClusterConfig"])
+    return (cluster["metadata"]["name"], ops) if ops else None
+
+
 UP_TO_DATE = Verdict("False", cond.UP_TO_DATE, "The running RayCluster is the spec's.")
+NOTHING_RUNS = Verdict("False", cond.UP_TO_DATE, "No RayCluster runs yet.")
 
 
 def plan(
@@ -184,11 +200,13 @@ def plan(
                 str((previous or {}).get("message") or "The RayCluster is recreated."),
             )
         elif pending is None:
-            verdict = Verdict("False", cond.UP_TO_DATE, "No RayCluster runs yet.")
-        if pending is not None and shape(pending["spec"]) != want:
+            verdict = NOTHING_RUNS
+        if pending is None:
+            return Plan(verdict)
+        if shape(pending["spec"]) != want:
             # a cluster that never served is made again from the new spec
             return Plan(verdict, delete=[pending["metadata"]["name"]], action=RECREATED)
-        return Plan(verdict, rescale=pending is not None)
+        return Plan(verdict, scale=_scale(pending, desired))
 
     old = active["metadata"]["name"]
     timeout = datetime.timedelta(seconds=parse_duration(policy.capacity_timeout))
@@ -237,7 +255,7 @@ def plan(
                 f"({policy.capacity_timeout}: {why})"
             )
         until = (
-            f"; at {_stamp(deadline)} {old} is deleted to make room (an outage)"
+            f"; at {stamp(deadline)} {old} is deleted to make room (an outage)"
             if policy.strategy == "Auto"
             else ""
         )
@@ -252,7 +270,7 @@ def plan(
         )
 
     if shape(active["spec"]) == want:
-        return Plan(UP_TO_DATE, rescale=True)
+        return Plan(UP_TO_DATE, scale=_scale(active, desired))
 
     if policy.strategy == "Recreate":
         return recreate("The pod templates changed and spec.upgrade.strategy is Recreate")
@@ -279,7 +297,7 @@ def plan(
             "True",
             cond.WAITING_FOR_CAPACITY,
             f"The pod templates changed; no room for a second RayCluster yet ({fits.message}). "
-            f"{old} keeps serving the previous spec; at {_stamp(deadline)} it is deleted to "
+            f"{old} keeps serving the previous spec; at {stamp(deadline)} it is deleted to "
             "make room (an outage) unless room appears first.",
         ),
         hold=True,
@@ -287,18 +305,15 @@ def plan(
     )
 
 
-def carry_out(
-    kube: Kube, namespace: str, step: Plan, active: dict[str, Any] | None, desired: dict[str, Any]
-) -> str | None:
-    """Delete what the plan deletes and patch the running cluster's worker min/max; what was
-    done (RECREATED, RESCALED) if anything."""
+def carry_out(kube: Kube, namespace: str, step: Plan) -> str | None:
+    """Delete what the plan deletes, patch what it rescales; what was done (RECREATED,
+    RESCALED) if anything."""
     for name in step.delete:
         kube.delete("ray.io/v1", "RayCluster", name, namespace)
     if step.action:
         return step.action
-    if step.rescale and active is not None and not active["metadata"].get("deletionTimestamp"):
-        ops = scale_ops(active["spec"], desired["spec"]["rayClusterConfig"])
-        if ops:
-            kube.json_patch("ray.io/v1", "RayCluster", active["metadata"]["name"], namespace, ops)
-            return RESCALED
+    if step.scale:
+        cluster, ops = step.scale
+        kube.json_patch("ray.io/v1", "RayCluster", cluster, namespace, ops)
+        return RESCALED
     return None

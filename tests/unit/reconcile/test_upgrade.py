@@ -20,7 +20,7 @@ from alpaca_operator.reconcile.upgrade import (
     Plan,
     Room,
     carry_out,
-    cluster_names,
+    clusters,
     plan,
 )
 from alpaca_operator.render import capacity, names, rayservice
@@ -92,11 +92,11 @@ def settle(
     fits: bool | None = True,
     previous: dict[str, Any] | None = None,
     now: datetime.datetime = NOW,
+    unschedulable: str | None = None,
 ) -> tuple[Plan, str | None]:
-    """One pass's decision on the clusters `observed` names, and what carrying it out did."""
-    active_name, pending_name = cluster_names(observed)
-    active = kube.get("ray.io/v1", "RayCluster", active_name, NS) if active_name else None
-    pending = kube.get("ray.io/v1", "RayCluster", pending_name, NS) if pending_name else None
+    """One pass's decision on the clusters `observed` names (the scheduler saying
+    `unschedulable` of a new cluster's pods), and what carrying it out did."""
+    active, pending = clusters(kube, observed, NS)
     step = plan(
         Upgrade(strategy=strategy),
         observed,
@@ -104,12 +104,11 @@ def settle(
         pending,
         desired,
         room=lambda: Room(fits, "test room"),
-        unschedulable=lambda _: None,
+        unschedulable=lambda c: unschedulable and f"{unschedulable} (cluster {c})",
         previous=previous,
         now=now,
     )
-    running = active if active is not None else pending
-    return step, carry_out(kube, NS, step, running, desired)
+    return step, carry_out(kube, NS, step)
 
 
 def test_nothing_to_settle_without_a_cluster_or_a_change():
@@ -245,20 +244,16 @@ def test_a_new_cluster_that_cannot_be_placed_waits_then_takes_the_old_ones_gpus(
     def decide(strategy: str, now: datetime.datetime) -> tuple[Plan, FakeKube]:
         kube = FakeKube()
         observed = _upgrading(kube)
-        active = kube.get("ray.io/v1", "RayCluster", CLUSTER, NS)
-        pending = kube.get("ray.io/v1", "RayCluster", NEW, NS)
-        step = plan(
-            Upgrade(strategy=strategy),
+        step, _ = settle(
+            kube,
             observed,
-            active,
-            pending,
             observed,
-            room=lambda: Room(True, "not asked"),
-            unschedulable=lambda c: f"0/3 nodes are available (cluster {c})",
+            strategy,
+            fits=None,  # not asked: the new cluster exists
             previous=began,
             now=now,
+            unschedulable="0/3 nodes are available",
         )
-        carry_out(kube, NS, step, active, observed)
         return step, kube
 
     step, kube = decide("Auto", NOW + datetime.timedelta(minutes=5))
