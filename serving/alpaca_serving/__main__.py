@@ -96,9 +96,11 @@ def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
     import ray
     from ray import serve as ray_serve
 
+    from alpaca_serving import local_ray
     from alpaca_serving.app import build_app
 
-    ray.init(
+    local_ray.init(
+        ray.init,
         num_cpus=args.num_cpus,
         include_dashboard=False,
         _metrics_export_port=args.metrics_port,  # Ray's and vLLM's Prometheus metrics

@@ -256,10 +256,12 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     import ray
     from ray import serve
 
+    from alpaca_serving import local_ray
     from alpaca_serving.app import build_app
 
     metrics_port, engine_metrics_port, port = free_port(), free_port(), free_port()
-    ray.init(
+    local_ray.init(  # the serve command's: Ray's 30 s for its raylet can run out beside the tiers
+        ray.init,
         num_cpus=0,
         _temp_dir=f"{tmp}/r",
         include_dashboard=False,

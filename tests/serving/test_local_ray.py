@@ -1,0 +1,92 @@
+"""The serve command's local Ray survives Ray's own start-up timeout (alpaca_serving.local_ray).
+
+Real Ray, with a real fault: Ray's own fault injection (`RAY_testing_asio_delay_us`) holds the
+GCS's answer to the raylet's registration for 60 s, longer than the 30 s `ray.init()` waits,
+in the first attempt only. Not in the serving group: it starts no engine, and runs beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.serving, pytest.mark.timeout(300)]
+
+DELAY = "RAY_testing_asio_delay_us"
+HELD = "NodeInfoGcsService.grpc_server.RegisterNode=60000000:60000000"  # µs: 60 s
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import ray
+    from alpaca_serving import local_ray
+
+    attempts = []
+
+    def ray_init(**kwargs):
+        attempts.append(os.environ.get("{delay}"))
+        if len(attempts) > 1:  # the fault is the first attempt's only
+            os.environ.pop("{delay}", None)
+        return ray.init(**kwargs)
+
+    local_ray.init(ray_init, num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
+
+    @ray.remote
+    def answer():
+        return 42
+
+    print("attempts", len(attempts), "answer", ray.get(answer.remote()), flush=True)
+    ray.shutdown()
+    """
+).format(delay=DELAY)
+
+
+def _session(sid: int) -> list[int]:
+    """Every process left in the session the script started."""
+    left = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) == sid:
+                left.append(proc.pid)
+    return left
+
+
+def test_a_start_that_ray_gives_up_on_is_started_again():
+    tmp = tempfile.mkdtemp(prefix="rayl", dir="/tmp")  # short: Ray's socket paths are limited
+    env = dict(os.environ, TMPDIR=tmp, **{DELAY: HELD})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, f"{tmp}/r"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert "attempts 2 answer 42" in out, out + err[-3000:]
+        assert "starting Ray again (attempt 2 of 3)" in err, err[-3000:]
+        # the first attempt's GCS, raylet and helpers were stopped, the second's by ray.shutdown
+        deadline = time.monotonic() + 30
+        while left := _session(proc.pid):
+            assert time.monotonic() < deadline, f"processes left: {left}"
+            time.sleep(0.5)
+    finally:
+        for pid in _session(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
