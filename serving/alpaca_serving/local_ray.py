@@ -4,8 +4,9 @@
 configurable in Ray 2.60) and raises otherwise, leaving the GCS, raylet and their helpers
 running. On a workstation or CI machine whose cores are busy that wait can run out while
 nothing is wrong. In a pod the kubelet would restart the container; the local command does
-the same itself: it stops what the failed attempt started and tries again, a bounded number
-of times, saying so on stderr.
+the same itself: it stops what the failed attempt started and tries again after a pause that
+doubles each time (as the kubelet's back-off does: the machine gets time to calm down), a
+bounded number of times, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 import psutil
 
-ATTEMPTS = 3
+ATTEMPTS = 5
+BACKOFF = 10.0
+"""Seconds before the second attempt; doubled before each further one (10, 20, 40, 80)."""
 GIVEN_UP = "timed out during startup"
 """What Ray's exception says when the raylet did not register in time (ray/_private/node.py)."""
 
@@ -42,9 +45,15 @@ def stop_new_processes(before: set[int], grace: float = 5.0) -> list[int]:
     return [p.pid for p in started]
 
 
-def init(ray_init: Callable[..., Any], attempts: int = ATTEMPTS, **kwargs: Any) -> Any:
-    """`ray_init(**kwargs)`, started over after Ray's start-up timeout, up to `attempts` times;
-    any other error, or the last timeout, is raised as it came."""
+def init(
+    ray_init: Callable[..., Any],
+    attempts: int = ATTEMPTS,
+    backoff: float = BACKOFF,
+    **kwargs: Any,
+) -> Any:
+    """`ray_init(**kwargs)`, started over after Ray's start-up timeout, up to `attempts` times,
+    `backoff` seconds after the first failure and twice as long after each further one; any
+    other error, or the last timeout, is raised as it came."""
     for attempt in range(1, attempts + 1):
         before = set(_descendants())
         started = time.monotonic()
@@ -54,12 +63,14 @@ def init(ray_init: Callable[..., Any], attempts: int = ATTEMPTS, **kwargs: Any) 
             if GIVEN_UP not in str(e) or attempt == attempts:
                 raise
             stopped = stop_new_processes(before)
+            pause = backoff * 2 ** (attempt - 1)
             print(
                 f"alpaca_serving: Ray's start-up gave up after {time.monotonic() - started:.0f}s "
                 f"({str(e).split('. ')[0]}); stopped the {len(stopped)} processes it had "
-                f"started, starting Ray again "
-                f"(attempt {attempt + 1} of {attempts})",
+                f"started, starting Ray again in {pause:.0f}s (attempt {attempt + 1} of "
+                f"{attempts})",
                 file=sys.stderr,
                 flush=True,
             )
+            time.sleep(pause)
     raise AssertionError("unreachable")

@@ -2,13 +2,15 @@
 
 Real Ray, with a real fault: Ray's own fault injection (`RAY_testing_asio_delay_us`) holds the
 GCS's answer to the raylet's registration for 60 s, longer than the 30 s `ray.init()` waits,
-in the first attempt only. Not in the serving group: it starts no engine, and runs beside it.
+in the first attempt only. In the serving group: three Ray start-ups beside the serving app's
+would only make the machine busier while that app starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,9 +20,10 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
-pytestmark = [pytest.mark.serving, pytest.mark.timeout(300)]
+from tests.serving.conftest import SERVING
+
+pytestmark = SERVING
 
 DELAY = "RAY_testing_asio_delay_us"
 HELD = "NodeInfoGcsService.grpc_server.RegisterNode=60000000:60000000"  # µs: 60 s
@@ -39,7 +42,9 @@ SCRIPT = textwrap.dedent(
             os.environ.pop("{delay}", None)
         return ray.init(**kwargs)
 
-    local_ray.init(ray_init, num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
+    local_ray.init(
+        ray_init, backoff=1, num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1]
+    )
 
     @ray.remote
     def answer():
@@ -73,10 +78,11 @@ def test_a_start_that_ray_gives_up_on_is_started_again():
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-        assert "attempts 2 answer 42" in out, out + err[-3000:]
-        assert "starting Ray again (attempt 2 of 3)" in err, err[-3000:]
+        # the second attempt, or (on a machine busy enough to fail it too) a later one
+        assert re.search(r"^attempts [2-5] answer 42$", out, re.M), out + err[-3000:]
+        assert "starting Ray again in 1s (attempt 2 of 5)" in err, err[-3000:]
         # the first attempt's GCS, raylet and helpers were stopped, the second's by ray.shutdown
         deadline = time.monotonic() + 30
         while left := _session(proc.pid):
