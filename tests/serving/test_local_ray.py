@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from tests.serving.conftest import SERVING
+from tests.serving.conftest import SERVING, raised
 
 pytestmark = SERVING
 
@@ -70,7 +70,7 @@ def test_a_start_that_ray_gives_up_on_is_started_again():
     tmp = tempfile.mkdtemp(prefix="rayl", dir="/tmp")  # short: Ray's socket paths are limited
     env = dict(os.environ, TMPDIR=tmp, **{DELAY: HELD})
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, f"{tmp}/r"],
+        raised([sys.executable, "-c", SCRIPT, f"{tmp}/r"]),  # as the tier's Ray start-ups
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
