@@ -26,6 +26,12 @@ GIVEN_UP = "timed out during startup"
 """What Ray's exception says when the raylet did not register in time (ray/_private/node.py)."""
 
 
+def pause(attempt: int, backoff: float = BACKOFF) -> float:
+    """Seconds to wait after failed attempt number `attempt` (from 1): `backoff`, doubled for
+    each further attempt."""
+    return backoff * 2 ** (attempt - 1)
+
+
 def _descendants() -> dict[int, psutil.Process]:
     return {p.pid: p for p in psutil.Process().children(recursive=True)}
 
@@ -63,14 +69,14 @@ def init(
             if GIVEN_UP not in str(e) or attempt == attempts:
                 raise
             stopped = stop_new_processes(before)
-            pause = backoff * 2 ** (attempt - 1)
+            wait = pause(attempt, backoff)
             print(
                 f"alpaca_serving: Ray's start-up gave up after {time.monotonic() - started:.0f}s "
                 f"({str(e).split('. ')[0]}); stopped the {len(stopped)} processes it had "
-                f"started, starting Ray again in {pause:.0f}s (attempt {attempt + 1} of "
+                f"started, starting Ray again in {wait:.0f}s (attempt {attempt + 1} of "
                 f"{attempts})",
                 file=sys.stderr,
                 flush=True,
             )
-            time.sleep(pause)
+            time.sleep(wait)
     raise AssertionError("unreachable")

@@ -280,7 +280,7 @@ def _join_worker_node(gcs: str, tmp: str, metrics_port: int) -> WorkerNode:
             _stop_worker_node(worker)
             if attempt == local_ray.ATTEMPTS:
                 raise
-            time.sleep(local_ray.BACKOFF * 2 ** (attempt - 1))
+            time.sleep(local_ray.pause(attempt))
     raise AssertionError("unreachable")
 
 
