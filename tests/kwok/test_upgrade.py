@@ -8,9 +8,6 @@ reported, when there is not."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,107 +19,31 @@ from alpaca_dev import fakeray, kwok
 from alpaca_dev.controlplane import ControlPlane, wait_for
 from alpaca_operator import conditions as cond
 from alpaca_operator.render import names
-from tests.kwok.support import TIMEOUT, condition, model, wait_reason
+from tests.kwok.support import TIMEOUT, model, wait_reason
+from tests.upgrades import Timeline, Traffic, model_events
 
 pytestmark = [pytest.mark.kwok, pytest.mark.xdist_group("kwok")]
 
 MAX_REQUESTS, EVERY = 3000, 0.2  # the client's bound: at most 10 minutes of requests
 
 
-class Traffic:
+def _traffic(api: Any, namespace: str, model_name: str) -> Traffic:
     """One request every 0.2 s to the model's endpoint Service (GET /v1/models through the
-    apiserver's service proxy); which cluster answered, or what failed, with when."""
+    apiserver's service proxy); fakeray's answer names the cluster that gave it."""
+    service = names.endpoint_service_name(model_name)
+    path = f"/api/v1/namespaces/{namespace}/services/{service}:http/proxy/v1/models"
 
-    def __init__(self, api: Any, namespace: str, model_name: str) -> None:
-        service = names.endpoint_service_name(model_name)
-        self.path = f"/api/v1/namespaces/{namespace}/services/{service}:http/proxy/v1/models"
-        self.api = api
-        self.answers: list[tuple[float, str]] = []  # (time, cluster)
-        self.failures: list[tuple[float, str]] = []  # (time, what)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-
-    def _one(self) -> None:
-        at = time.monotonic()
-        try:
-            method, url, headers, body, _ = self.api.param_serialize(
-                "GET", self.path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
-            )
-            response = self.api.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=10
-            )
-            response.read()
-            if response.status == 200:
-                self.answers.append((at, json.loads(response.data)["cluster"]))
-            else:
-                self.failures.append((at, f"{response.status} {response.data[:120]!r}"))
-        except Exception as exc:  # a connection refused, a time-out
-            self.failures.append((at, repr(exc)[:160]))
-
-    def _run(self) -> None:
-        for _ in range(MAX_REQUESTS):
-            if self._stop.wait(EVERY):
-                return
-            self._one()
-
-    def answered_by(self, cluster: str) -> int:
-        return sum(1 for _, c in self.answers if c == cluster)
-
-    def wait_answers(self, cluster: str, count: int = 3, timeout: float = 60) -> None:
-        try:
-            wait_for(lambda: self.answered_by(cluster) >= count, f"answers from {cluster}", timeout)
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}: {self.summary()}") from None
-
-    @contextmanager
-    def running(self) -> Iterator[Traffic]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join(timeout=30)
-
-    def summary(self) -> str:
-        by_cluster = Counter(c for _, c in self.answers)
-        return (
-            f"answered {dict(by_cluster)}, failed {len(self.failures)}: "
-            f"{self.failures[:2]} ... {self.failures[-2:]}"
+    def call() -> str:
+        method, url, headers, body, _ = api.param_serialize(
+            "GET", path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
         )
+        response = api.call_api(method, url, header_params=headers, body=body, _request_timeout=10)
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status} {response.data[:120]!r}")
+        return str(json.loads(response.data)["cluster"])
 
-
-class Timeline:
-    """The Upgrading condition and KubeRay's clusters, sampled every second: what happened."""
-
-    def __init__(self, cp: ControlPlane, ns: str, name: str) -> None:
-        self.cp, self.ns, self.name = cp, ns, name
-        self.start = time.monotonic()
-        self.steps: list[tuple[float, str, str, str]] = []  # (s, reason, active, pending)
-
-    def sample(self) -> tuple[str, str, str]:
-        obj = self.cp.get_json("am", self.name, self.ns)
-        rs = (self.cp.get_json("rayservice", self.name, self.ns) or {}).get("status") or {}
-        now = (
-            str(condition(obj, cond.UPGRADING).get("reason", "")),
-            str((rs.get("activeServiceStatus") or {}).get("rayClusterName") or ""),
-            str((rs.get("pendingServiceStatus") or {}).get("rayClusterName") or ""),
-        )
-        if not self.steps or self.steps[-1][1:] != now:
-            self.steps.append((round(time.monotonic() - self.start, 1), *now))
-        return now
-
-    def until(self, check: Any, what: str, timeout: float = TIMEOUT) -> tuple[str, str, str]:
-        """Sample until `check(reason, active, pending)`; that sample."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            now = self.sample()
-            if check(*now):
-                return now
-            time.sleep(1)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {self.steps}")
-
-    def reasons(self) -> list[str]:
-        return [reason for _, reason, _, _ in self.steps]
+    return Traffic(call, EVERY, MAX_REQUESTS)
 
 
 def _api(cp: ControlPlane) -> Any:
@@ -144,17 +65,6 @@ def _memory_of(cp: ControlPlane, ns: str, cluster: str) -> str:
         return ""
     worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     return str(worker["resources"]["limits"]["memory"])
-
-
-def _events(cp: ControlPlane, ns: str, name: str) -> list[str]:
-    out = cp.kubectl_run(
-        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
-    ).stdout
-    return [
-        e["reason"]
-        for e in json.loads(out)["items"]
-        if e["involvedObject"]["kind"] == "AlpacaModel"
-    ]
 
 
 def _serving(cp: ControlPlane, ns: str, name: str) -> str:
@@ -189,7 +99,7 @@ def _served(
         with fakeray.FakeRay(api, ns, kwok.POD_CIDR, load_seconds=5):
             cp.apply(doc, ns)
             first = _serving(cp, ns, name)
-            with Traffic(api, ns, name).running() as traffic:
+            with _traffic(api, ns, name).running() as traffic:
                 traffic.wait_answers(first)
                 yield doc, first, traffic, Timeline(cp, ns, name)
     finally:
@@ -211,6 +121,7 @@ def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
         _, _, superseded = timeline.until(
             lambda r, a, p: p != "" and _memory_of(cp, ns, p) == "40Gi",
             "a new cluster starting",
+            TIMEOUT,
         )
         doc["spec"]["resources"]["memory"] = "48Gi"
         cp.apply(doc, ns)
@@ -228,7 +139,7 @@ def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
         assert traffic.answered_by(first) and traffic.answered_by(final)
         assert cond.NEW_CLUSTER_STARTING in timeline.reasons()
         assert cond.RECREATING_WITH_OUTAGE not in timeline.reasons()
-        events = _events(cp, ns, "up")
+        events = model_events(cp, ns, "up")
         assert cond.NEW_CLUSTER_STARTING in events and cond.RECREATING_WITH_OUTAGE not in events
         rs = cp.get_json("rayservice", "up", ns) or {}
         assert rs["spec"]["upgradeStrategy"] == {"type": "None"}  # at rest again
@@ -262,6 +173,6 @@ def test_without_room_auto_waits_then_recreates_once(sim: ControlPlane, namespac
         print(f"traffic during a forced recreate: {traffic.summary()}")
         assert _memory_of(cp, ns, final) == "40Gi"
         assert cond.RECREATING_WITH_OUTAGE in timeline.reasons()
-        events = _events(cp, ns, "tight")
+        events = model_events(cp, ns, "tight")
         assert events.count(cond.RECREATING_WITH_OUTAGE) == 1
         assert events.count(cond.WAITING_FOR_CAPACITY) == 1

@@ -100,3 +100,14 @@ def isolated_namespace(cluster: Cluster, name: str) -> Iterator[str]:
     )
     yield name
     cp.kubectl_run("delete", "namespace", name, "--wait=true", timeout=600, check=False)
+
+
+@pytest.fixture(scope="session")
+def next_serving_image(cluster: Cluster) -> Iterator[str]:
+    """The serving image under a second tag in the node's containerd, as a registry would hold a
+    new release: what an upgrade of the pods changes to (the upgrade tests)."""
+    image = cluster.images["serving-cpu"].ref
+    tagged = f"{image.rsplit(':', 1)[0]}:next-release"
+    cluster.node.ctr("images", "tag", "--force", image, tagged)
+    yield tagged
+    cluster.node.ctr("images", "rm", tagged, check=False)

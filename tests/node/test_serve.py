@@ -2,8 +2,9 @@
 `kubectl apply -f examples/alpaca-local.yaml` (the fill Job's pod fills the cache from an HTTP
 source, KubeRay starts a head and a worker pod running the rendered serveConfigV2 app on vLLM),
 Ready from what the pods report, a chat answer through the endpoint Service's ClusterIP with the
-Alpaca template applied; then a spec change applied in place and a deletion that keeps the
-shared cache while another user holds it."""
+Alpaca template applied; then a spec change applied in place, a new serving image with no room
+for a second cluster (a recreate, its outage counted), and a deletion that keeps the shared
+cache while another user holds it."""
 
 from __future__ import annotations
 
@@ -18,16 +19,19 @@ from transformers import AutoTokenizer
 from alpaca_dev import stack
 from alpaca_dev.controlplane import wait_for
 from alpaca_dev.node import NODE_NAME
+from alpaca_operator import conditions as cond
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
 from alpaca_serving.templates import alpaca_prompt
 from tests.node.conftest import NODE, Cluster, isolated_namespace
+from tests.upgrades import Timeline, cluster_images, cluster_names, completions, model_events
 
 pytestmark = NODE
 
 NS = "users"
 MODEL = "smollm2"
 QUESTION = "What is the capital of France?"
+EVERY, MAX_REQUESTS = 0.5, 4800  # the upgrade's client: at most 40 minutes of requests
 
 
 def _pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
@@ -135,6 +139,55 @@ def test_a_spec_change_applies_without_a_second_ray_cluster(cluster: Cluster, re
 
     after = wait_for(rescaled, "the worker group's maxReplicas to become 2", 180)
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    stack.follow(cp, "alpacamodel", MODEL, NS, lambda s: s.get("phase") == "Ready", 300)
+
+
+def test_a_new_image_without_room_recreates_once_and_counts_the_outage(
+    cluster: Cluster, ready, next_serving_image
+):
+    """The example's cluster (1.6 CPU) leaves no room for a second on this 2-CPU node. Under
+    `upgrade.strategy: Auto` the new cluster's pods wait for the scheduler while the running
+    one keeps serving; after capacityTimeout the running one is deleted to make room (an
+    outage, said as RecreatingWithOutage) and the new one serves. One recreate, no deadlock;
+    the failed requests of a client calling all along are counted and printed."""
+    cp = cluster.node.cp
+    (old,) = cluster_names(cp, NS)
+    url = stack.endpoint_url(cp, MODEL, NS)
+    with completions(url, MODEL, EVERY, MAX_REQUESTS).running() as traffic:
+        timeline = Timeline(cp, NS, MODEL)
+        traffic.wait_answers("", timeout=120)
+        patch = {
+            "spec": {
+                "images": {"serving": next_serving_image},
+                "upgrade": {"capacityTimeout": "1m"},
+            }
+        }
+        cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
+        _, new, _ = timeline.until(
+            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
+            "the recreated cluster serving",
+            1200,
+        )
+        back = time.monotonic()
+        wait_for(lambda: traffic.answered_since(back) >= 3, "answers after the recreate", 120)
+    failed = [at for at, _ in traffic.failures]
+    outage = f"{max(failed) - min(failed):.0f}s" if failed else "none"
+    print(f"recreate timeline (s, Upgrading, active, pending): {timeline.steps}")
+    print(f"traffic during the recreate: {traffic.summary()}; outage {outage}")
+    waiting, recreating = (
+        timeline.at(cond.WAITING_FOR_CAPACITY),
+        timeline.at(cond.RECREATING_WITH_OUTAGE),
+    )
+    assert waiting < recreating < float("inf"), timeline.steps
+    # the running cluster served while the new one waited for room
+    waited = [at for at, _ in traffic.answers if waiting <= at < recreating - 5]
+    assert len(waited) >= 3, traffic.summary()
+    assert failed, f"a recreate with no failed request: {traffic.summary()}"
+    assert timeline.clusters() == {old, new}  # one new cluster: no second attempt
+    assert cluster_names(cp, NS) == [new]
+    assert cluster_images(cp, NS, new) == {next_serving_image}
+    events = model_events(cp, NS, MODEL)
+    assert events.count(cond.RECREATING_WITH_OUTAGE) == 1, events
     stack.follow(cp, "alpacamodel", MODEL, NS, lambda s: s.get("phase") == "Ready", 300)
 
 
