@@ -23,6 +23,7 @@ from alpaca_operator import conditions as cond
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
 from alpaca_serving.templates import alpaca_prompt
+from tests.machine_lock import exclusive
 from tests.node.conftest import NODE, Cluster, isolated_namespace
 from tests.upgrades import Timeline, cluster_images, cluster_names, completions, model_events
 
@@ -154,20 +155,21 @@ def test_a_new_image_without_room_recreates_once_and_counts_the_outage(
     (old,) = cluster_names(cp, NS)
     url = stack.endpoint_url(cp, MODEL, NS)
     with completions(url, MODEL, EVERY, MAX_REQUESTS).running() as traffic:
-        timeline = Timeline(cp, NS, MODEL)
         traffic.wait_answers("", timeout=120)
-        patch = {
-            "spec": {
-                "images": {"serving": next_serving_image},
-                "upgrade": {"capacityTimeout": "1m"},
+        with exclusive("the node tier's recreate"):  # a cluster loading beside one serving
+            timeline = Timeline(cp, NS, MODEL)  # times from the change
+            patch = {
+                "spec": {
+                    "images": {"serving": next_serving_image},
+                    "upgrade": {"capacityTimeout": "1m"},
+                }
             }
-        }
-        cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
-        _, new, _ = timeline.until(
-            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
-            "the recreated cluster serving",
-            1200,
-        )
+            cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
+            _, new, _ = timeline.until(
+                lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
+                "the recreated cluster serving",
+                1200,
+            )
         back = time.monotonic()
         wait_for(lambda: traffic.answered_since(back) >= 3, "answers after the recreate", 120)
     failed = [at for at, _ in traffic.failures]

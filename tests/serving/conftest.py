@@ -26,6 +26,7 @@ from alpaca_dev.controlplane import free_port
 from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 from alpaca_serving import local_ray
 from alpaca_serving.__main__ import PROXY_READY_TIMEOUT
+from tests.machine_lock import exclusive
 from tests.tiny_llama import FIXTURE, build_tiny_llama
 from tests.training.conftest import PYTHON, make_config, subprocess_env
 
@@ -307,17 +308,19 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
 
     metrics_port, engine_metrics_port, port = free_port(), free_port(), free_port()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with _raised_priority():
-        local_ray.init(  # the serve command's: Ray's start-up can run out beside the tiers
-            ray.init,
-            num_cpus=0,
-            _temp_dir=f"{tmp}/r",
-            include_dashboard=False,
-            _metrics_export_port=metrics_port,
-            log_to_driver=False,
-        )
+    starting = contextlib.ExitStack()  # the machine lock, until the app answers
     worker = None
     try:
+        starting.enter_context(exclusive(f"the serving tier's {name} app"))
+        with _raised_priority():
+            local_ray.init(  # the serve command's: Ray's start-up can run out beside the tiers
+                ray.init,
+                num_cpus=0,
+                _temp_dir=f"{tmp}/r",
+                include_dashboard=False,
+                _metrics_export_port=metrics_port,
+                log_to_driver=False,
+            )
         worker = _join_worker_node(ray.get_runtime_context().gcs_address, tmp, engine_metrics_port)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         config = {
@@ -340,6 +343,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
+        starting.close()
         _default_priority(os.getpid(), since=before)
         _default_priority(worker.proc.pid)
         yield Served(
@@ -352,6 +356,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
             worker,
         )
     finally:
+        starting.close()
         with contextlib.suppress(Exception):
             serve.shutdown()
         if worker is not None:
@@ -428,6 +433,8 @@ def serve_command(
         *(sys.executable, "-m", "alpaca_serving", "serve", "--config", str(config)),
         *("--port", str(port), "--metrics-port", str(metrics_port), "--num-cpus", "4", *flags),
     ]
+    starting = contextlib.ExitStack()  # the machine lock, until the app answers
+    starting.enter_context(exclusive(f"the serving tier's {name} command"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
             raised(command),
@@ -447,6 +454,7 @@ def serve_command(
             except Exception:
                 assert time.monotonic() < deadline, f"not serving: {log.read_text()[-3000:]}"
                 time.sleep(2)
+        starting.close()
         _default_priority(proc.pid)
         fast = "fast" in flags
         yield LocalServe(
@@ -460,6 +468,7 @@ def serve_command(
             "fast" if fast else "standard",
         )
     finally:
+        starting.close()
         proc.send_signal(signal.SIGINT)  # the command shuts Serve and Ray down
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=90)

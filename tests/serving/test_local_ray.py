@@ -21,6 +21,7 @@ import time
 
 import psutil
 
+from tests.machine_lock import exclusive
 from tests.serving.conftest import SERVING, raised
 
 pytestmark = SERVING
@@ -69,30 +70,31 @@ def _session(sid: int) -> list[int]:
 def test_a_start_that_ray_gives_up_on_is_started_again():
     tmp = tempfile.mkdtemp(prefix="rayl", dir="/tmp")  # short: Ray's socket paths are limited
     env = dict(os.environ, TMPDIR=tmp, **{DELAY: HELD})
-    proc = subprocess.Popen(
-        raised([sys.executable, "-c", SCRIPT, f"{tmp}/r"]),  # as the tier's Ray start-ups
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        # the second attempt, or (on a machine busy enough to fail it too) a later one
-        assert re.search(r"^attempts [2-5] answer 42$", out, re.M), out + err[-3000:]
-        assert "starting Ray again in 1s (attempt 2 of 5)" in err, err[-3000:]
-        # the first attempt's GCS, raylet and helpers were stopped, the second's by ray.shutdown
-        deadline = time.monotonic() + 30
-        while left := _session(proc.pid):
-            assert time.monotonic() < deadline, f"processes left: {left}"
-            time.sleep(0.5)
-    finally:
-        for pid in _session(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive("the local Ray restart test"):  # its Ray start-ups
+        proc = subprocess.Popen(
+            raised([sys.executable, "-c", SCRIPT, f"{tmp}/r"]),  # as the tier's Ray start-ups
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            # the second attempt, or (on a machine busy enough to fail it too) a later one
+            assert re.search(r"^attempts [2-5] answer 42$", out, re.M), out + err[-3000:]
+            assert "starting Ray again in 1s (attempt 2 of 5)" in err, err[-3000:]
+            # the first attempt's GCS, raylet and helpers were stopped, the second's by ray.shutdown
+            deadline = time.monotonic() + 30
+            while left := _session(proc.pid):
+                assert time.monotonic() < deadline, f"processes left: {left}"
+                time.sleep(0.5)
+        finally:
+            for pid in _session(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            shutil.rmtree(tmp, ignore_errors=True)
