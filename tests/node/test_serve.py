@@ -23,8 +23,8 @@ from alpaca_operator import conditions as cond
 from alpaca_operator.api.weights import Weights
 from alpaca_operator.render import names
 from alpaca_serving.templates import alpaca_prompt
-from tests.machine_lock import exclusive
 from tests.node.conftest import NODE, Cluster, isolated_namespace
+from tests.run_lock import exclusive
 from tests.upgrades import Timeline, cluster_images, cluster_names, completions, model_events
 
 pytestmark = NODE
@@ -154,22 +154,25 @@ def test_a_new_image_without_room_recreates_once_and_counts_the_outage(
     cp = cluster.node.cp
     (old,) = cluster_names(cp, NS)
     url = stack.endpoint_url(cp, MODEL, NS)
-    with completions(url, MODEL, EVERY, MAX_REQUESTS).running() as traffic:
+    # the run's lock: a cluster loads beside one serving; no serving-tier Ray start-up
+    with (
+        exclusive("the node tier's recreate"),
+        completions(url, MODEL, EVERY, MAX_REQUESTS).running() as traffic,
+    ):
         traffic.wait_answers("", timeout=120)
-        with exclusive("the node tier's recreate"):  # a cluster loading beside one serving
-            timeline = Timeline(cp, NS, MODEL)  # times from the change
-            patch = {
-                "spec": {
-                    "images": {"serving": next_serving_image},
-                    "upgrade": {"capacityTimeout": "1m"},
-                }
+        timeline = Timeline(cp, NS, MODEL)  # times from the change
+        patch = {
+            "spec": {
+                "images": {"serving": next_serving_image},
+                "upgrade": {"capacityTimeout": "1m"},
             }
-            cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
-            _, new, _ = timeline.until(
-                lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
-                "the recreated cluster serving",
-                1200,
-            )
+        }
+        cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
+        _, new, _ = timeline.until(
+            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
+            "the recreated cluster serving",
+            1200,
+        )
         back = time.monotonic()
         wait_for(lambda: traffic.answered_since(back) >= 3, "answers after the recreate", 120)
     failed = [at for at, _ in traffic.failures]

@@ -19,8 +19,8 @@ from alpaca_dev import stack
 from alpaca_dev.controlplane import wait_for
 from alpaca_operator import conditions as cond
 from alpaca_operator.render import names
-from tests.machine_lock import exclusive
 from tests.node.conftest import NODE, Cluster, isolated_namespace
+from tests.run_lock import exclusive
 from tests.upgrades import Timeline, cluster_images, cluster_names, completions, model_events
 
 pytestmark = NODE
@@ -120,19 +120,22 @@ def test_a_new_image_with_room_fails_no_request(cluster: Cluster, trained, next_
     stack.follow(cp, "am", SERVED, NS, lambda s: s.get("phase") == "Ready", LOAD)
     (old,) = cluster_names(cp, NS)
     url = stack.endpoint_url(cp, SERVED, NS)
-    with completions(url, f"{SERVED}:{FINETUNE}", EVERY, MAX_REQUESTS).running() as traffic:
+    # the run's lock: two clusters on the node; no serving-tier Ray start-up beside them
+    with (
+        exclusive("the node tier's zero-downtime upgrade"),
+        completions(url, f"{SERVED}:{FINETUNE}", EVERY, MAX_REQUESTS).running() as traffic,
+    ):
         traffic.wait_answers("", timeout=120)
-        with exclusive("the node tier's zero-downtime upgrade"):  # two clusters on the node
-            timeline = Timeline(cp, NS, SERVED)  # times from the change
-            patch = {"spec": {"images": {"serving": next_serving_image}}}
-            cp.kubectl_run("patch", "-n", NS, "am", SERVED, "--type=merge", "-p", json.dumps(patch))
-            _, new, _ = timeline.until(
-                lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
-                "the new cluster serving",
-                LOAD,
-            )
-            switched = time.monotonic()
-            wait_for(lambda: cluster_names(cp, NS) == [new], f"{new} alone", 300, interval=2)
+        timeline = Timeline(cp, NS, SERVED)  # times from the change
+        patch = {"spec": {"images": {"serving": next_serving_image}}}
+        cp.kubectl_run("patch", "-n", NS, "am", SERVED, "--type=merge", "-p", json.dumps(patch))
+        _, new, _ = timeline.until(
+            lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,
+            "the new cluster serving",
+            LOAD,
+        )
+        switched = time.monotonic()
+        wait_for(lambda: cluster_names(cp, NS) == [new], f"{new} alone", 300, interval=2)
         wait_for(lambda: traffic.answered_since(time.monotonic() - 5) > 0, "answers", 60)
     print(f"zero-downtime timeline (s, Upgrading, active, pending): {timeline.steps}")
     print(f"traffic during the zero-downtime upgrade: {traffic.summary()}")

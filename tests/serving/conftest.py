@@ -26,7 +26,7 @@ from alpaca_dev.controlplane import free_port
 from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
 from alpaca_serving import local_ray
 from alpaca_serving.__main__ import PROXY_READY_TIMEOUT
-from tests.machine_lock import exclusive
+from tests.run_lock import exclusive
 from tests.tiny_llama import FIXTURE, build_tiny_llama
 from tests.training.conftest import PYTHON, make_config, subprocess_env
 
@@ -308,7 +308,7 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
 
     metrics_port, engine_metrics_port, port = free_port(), free_port(), free_port()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    starting = contextlib.ExitStack()  # the machine lock, until the app answers
+    starting = contextlib.ExitStack()  # the run's lock, until the app answers
     worker = None
     try:
         starting.enter_context(exclusive(f"the serving tier's {name} app"))
@@ -433,7 +433,7 @@ def serve_command(
         *(sys.executable, "-m", "alpaca_serving", "serve", "--config", str(config)),
         *("--port", str(port), "--metrics-port", str(metrics_port), "--num-cpus", "4", *flags),
     ]
-    starting = contextlib.ExitStack()  # the machine lock, until the app answers
+    starting = contextlib.ExitStack()  # the run's lock, until the app answers
     starting.enter_context(exclusive(f"the serving tier's {name} command"))
     with log.open("wb") as out:
         proc = subprocess.Popen(

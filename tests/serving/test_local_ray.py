@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from tests.machine_lock import exclusive
+from tests.run_lock import exclusive
 from tests.serving.conftest import SERVING, raised
 
 pytestmark = SERVING

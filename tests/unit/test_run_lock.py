@@ -1,4 +1,4 @@
-"""tests/machine_lock.py: the serving tier's Ray start-ups and the node tier's two-cluster
+"""tests/run_lock.py: the serving tier's Ray start-ups and the node tier's two-cluster
 upgrades run on different xdist workers (processes); the lock makes one wait for the other,
 and a holder that never lets go delays the other phase but does not fail it."""
 
@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from tests.machine_lock import exclusive
+from tests.run_lock import exclusive
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER = """
 import sys, time
-from tests.machine_lock import exclusive
+from tests.run_lock import exclusive
 print("trying", flush=True)
 with exclusive("the other worker", wait=float(sys.argv[1])):
     print("in at", time.monotonic(), flush=True)
@@ -26,7 +26,7 @@ def _other_worker(lock: Path, wait: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", OTHER, str(wait)],
         cwd=ROOT,
-        env=dict(os.environ, ALPACA_MACHINE_LOCK=str(lock)),
+        env=dict(os.environ, ALPACA_RUN_LOCK=str(lock)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -41,8 +41,8 @@ def _entered(out: str) -> float:
 
 
 def test_the_other_worker_gets_in_only_once_the_holder_lets_go(tmp_path: Path, monkeypatch):
-    lock = tmp_path / "machine.lock"
-    monkeypatch.setattr("tests.machine_lock.LOCK", lock)
+    lock = tmp_path / "run.lock"
+    monkeypatch.setattr("tests.run_lock.LOCK", lock)
     with exclusive("this worker"):
         other = _other_worker(lock, wait=600)
         assert other.stdout is not None
@@ -55,17 +55,17 @@ def test_the_other_worker_gets_in_only_once_the_holder_lets_go(tmp_path: Path, m
 
 
 def test_a_holder_that_never_lets_go_delays_but_does_not_fail(tmp_path: Path, monkeypatch):
-    lock = tmp_path / "machine.lock"
-    monkeypatch.setattr("tests.machine_lock.LOCK", lock)
+    lock = tmp_path / "run.lock"
+    monkeypatch.setattr("tests.run_lock.LOCK", lock)
     with exclusive("a stuck holder"):
         other = _other_worker(lock, wait=0.5)
         out, err = other.communicate(timeout=60)
     assert other.returncode == 0, err
     _entered(out)
-    assert "the other worker: machine lock still held after" in err, err
+    assert "the other worker: run's lock still held after" in err, err
 
 
 def test_free_means_no_wait(tmp_path: Path):
-    out, err = _other_worker(tmp_path / "machine.lock", wait=600).communicate(timeout=60)
+    out, err = _other_worker(tmp_path / "run.lock", wait=600).communicate(timeout=60)
     _entered(out)
     assert err == "", err

@@ -22,8 +22,8 @@ from pathlib import Path
 
 LOCK = Path(
     os.environ.get(
-        "ALPACA_MACHINE_LOCK",
-        Path(__file__).resolve().parents[1] / ".pytest-tmp" / "machine.lock",
+        "ALPACA_RUN_LOCK",
+        Path(__file__).resolve().parents[1] / ".pytest-tmp" / "run.lock",
     )
 )
 WAIT = 1200.0
@@ -33,7 +33,7 @@ without it (the lock spares start-ups a busy machine, it must never be what fail
 
 @contextlib.contextmanager
 def exclusive(what: str, wait: float = WAIT) -> Iterator[None]:
-    """Hold the machine for `what` (named in a line on stderr when it had to wait)."""
+    """Hold the run's lock for `what` (named in a line on stderr when it had to wait)."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with LOCK.open("a") as handle:
         start = time.monotonic()
@@ -49,9 +49,9 @@ def exclusive(what: str, wait: float = WAIT) -> Iterator[None]:
                 time.sleep(0.5)
         waited = time.monotonic() - start
         if not held:
-            print(f"{what}: machine lock still held after {waited:.0f}s; going on", file=sys.stderr)
+            print(f"{what}: run's lock still held after {waited:.0f}s; going on", file=sys.stderr)
         elif contended:
-            print(f"{what}: waited {waited:.0f}s for the machine lock", file=sys.stderr)
+            print(f"{what}: waited {waited:.0f}s for the run's lock", file=sys.stderr)
         try:
             yield
         finally:
