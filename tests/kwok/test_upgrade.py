@@ -137,7 +137,8 @@ def test_with_a_free_gpu_an_upgrade_moves_traffic_without_a_failed_request(
         assert _memory_of(cp, ns, final) == "48Gi"
         assert not traffic.failures, traffic.summary()
         assert traffic.answered_by(first) and traffic.answered_by(final)
-        assert cond.NEW_CLUSTER_STARTING in timeline.reasons()
+        # a step can last less than the timeline's 1 s sampling here (fake Ray answers at once):
+        # what happened is in the Events, one per transition
         assert cond.RECREATING_WITH_OUTAGE not in timeline.reasons()
         events = model_events(cp, ns, "up")
         assert cond.NEW_CLUSTER_STARTING in events and cond.RECREATING_WITH_OUTAGE not in events
@@ -172,7 +173,6 @@ def test_without_room_auto_waits_then_recreates_once(sim: ControlPlane, namespac
         print(f"timeline (s, Upgrading, active, pending): {timeline.steps}")
         print(f"traffic during a forced recreate: {traffic.summary()}")
         assert _memory_of(cp, ns, final) == "40Gi"
-        assert cond.RECREATING_WITH_OUTAGE in timeline.reasons()
-        events = model_events(cp, ns, "tight")
+        events = model_events(cp, ns, "tight")  # the outage lasts under the sampling's 1 s
         assert events.count(cond.RECREATING_WITH_OUTAGE) == 1
         assert events.count(cond.WAITING_FOR_CAPACITY) == 1
