@@ -5,8 +5,9 @@ For each design, in turn, on a fresh simulated cluster: etcd + kube-apiserver (w
 log), kube-scheduler, kube-controller-manager, the real KubeRay operator and KWOK playing the
 kubelets of M GPU nodes (8 GPUs each, 4 pools) and a few CPU nodes (fill Jobs, Ray heads).
 N AlpacaModels in K namespaces (existing capacity, a node selector per pool, models of a
-namespace sharing their weights) are bulk-applied at once: each model's fill Job runs (KWOK
-completes it), its RayService is created, KubeRay makes its RayCluster and the scheduler puts
+namespace sharing their weights) are bulk-applied at once: each namespace's cache claim is bound
+by the PV controller to a volume made beforehand, its fill Job runs (KWOK completes it), each
+model's RayService is created, KubeRay makes its RayCluster and the scheduler puts
 the pods on the KWOK nodes. Then
 
 - settle: seconds from the apply until every model has its first status;
@@ -52,6 +53,7 @@ from alpaca_dev.pki import issue_client_cert  # noqa: E402
 
 OURS = ("alpaca-operator/", "kopf/", "OpenAPI-Generator/")
 POOLS = ("p0", "p1", "p2", "p3")
+STATIC_CLASS = "scale-static"
 OPERATOR_USER = "alpaca-operator"
 # only the operator's requests (it has a user of its own here): KubeRay, the scheduler and the
 # rest would fill the log and the apiserver's CPU
@@ -127,7 +129,42 @@ def _model(name: str, pool: str) -> dict[str, Any]:
     doc = yaml.safe_load((REPO / "examples" / "alpaca.yaml").read_text())
     doc["metadata"]["name"] = name
     doc["spec"]["capacity"]["nodeSelector"] = {"pool": pool}
+    doc["spec"]["weights"]["cache"]["storageClassName"] = STATIC_CLASS
     return dict(doc)
+
+
+def _static_volumes(count: int) -> list[dict[str, Any]]:
+    """A StorageClass with no provisioner and `count` PersistentVolumes of it, which the real
+    PV controller binds to the caches' claims. KWOK's own volume stages provision one claim at a
+    time (its generic stage controllers have a parallelism of 1): at 100 caches on a busy
+    apiserver that took about 5 s a claim, and every model waited minutes for its fill pod to
+    be scheduled, which measured KWOK, not the operator."""
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STATIC_CLASS},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for i in range(count):
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"scale-cache-{i}"},
+                "spec": {
+                    "storageClassName": STATIC_CLASS,
+                    "capacity": {"storage": "1Ti"},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    # never mounted: KWOK runs the pods, no kubelet
+                    "hostPath": {"path": f"/nonexistent/alpaca-scale/{i}"},
+                },
+            }
+        )
+    return docs
 
 
 def _proc_figures(pid: int) -> tuple[float, float]:
@@ -250,6 +287,8 @@ def run_design(
             for i in range(4)
         ]
         cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(nodes), timeout=300)
+        volumes = _static_volumes(args.namespaces)
+        cp.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(volumes), timeout=300)
         for ns in range(args.namespaces):
             cp.kubectl_run("create", "namespace", f"scale-{ns}")
         # a client that loads a kubeconfig with inline certificates writes them to TMPDIR and
