@@ -100,12 +100,13 @@ def test_shared_cache_outlives_one_user_and_goes_with_the_last(gc_plane):
     for name in ("first", "second"):
         _reconcile(ctx, cp, name)
         assert _get(cp, "rayservice", name) is not None
+    assert _get(cp, "networkpolicy", "first-ray") is not None
 
     started = time.monotonic()
     cp.kubectl_run("delete", "-n", "default", "alpacamodel", "first", "--timeout=30s")
     assert time.monotonic() - started < 30  # no finalizer held it
     _wait_gone(cp, "rayservice", "first")
-    _wait_gone(cp, "service", "first-openai")
+    _wait_gone(cp, "networkpolicy", "first-ray")
     assert _get(cp, "rayservice", "second") is not None
     time.sleep(2)  # give the collector time to (wrongly) take the shared cache
     assert _get(cp, "pvc", cache) is not None, "the cache went while 'second' still uses it"

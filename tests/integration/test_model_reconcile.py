@@ -173,11 +173,14 @@ def test_model_goes_through_every_stage(control_plane, ctx, namespace):
     assert worker["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-A10G"
     assert (worker["minReplicas"], worker["maxReplicas"]) == (1, 4)
     assert obj["status"]["phase"] == "Deploying"
-    assert _get(cp, namespace, "service", "alpaca-7b-openai") is not None
+    # no endpoint Service until KubeRay names the cluster it would send traffic to
+    assert _get(cp, namespace, "service", "alpaca-7b-openai") is None
 
     # 4. KubeRay reports the app running: Ready, with endpoint and replicas.
     _rayservice_ready(cp, namespace, "alpaca-7b", workers=2)
     obj = _pass(ctx, cp, namespace, "alpaca-7b")
+    service = _get(cp, namespace, "service", "alpaca-7b-openai")
+    assert service is not None and "ray.io/cluster" in service["spec"]["selector"]
     assert obj["status"]["phase"] == "Ready"
     assert _conditions(obj)["Ready"]["status"] == "True"
     assert obj["status"]["endpoint"] == f"http://alpaca-7b-openai.{namespace}.svc:8000"

@@ -224,9 +224,13 @@ def _serving(
     children.rayservice = live if step.hold and live is not None else ctx.applier.ensure(ray, live)
     children.cluster_action = upgrade.carry_out(ctx.kube, ns, step)
     children.upgrade, children.upgrade_at = step.verdict, step.requeue_at
-    service = rayservice.endpoint_service(name, ns, upgrade.serving_cluster(children.rayservice))
-    service["metadata"]["ownerReferences"] = owner
-    ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
+    # the endpoint follows the cluster KubeRay names; until it names one there is nothing to
+    # send traffic to, so the Service is made then, in one write rather than two at scale
+    cluster = upgrade.serving_cluster(children.rayservice)
+    if cluster:
+        service = rayservice.endpoint_service(name, ns, cluster)
+        service["metadata"]["ownerReferences"] = owner
+        ctx.applier.ensure(service, ctx.kube.get("v1", "Service", service["metadata"]["name"], ns))
 
 
 def reconcile_model(

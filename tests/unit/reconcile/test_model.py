@@ -86,7 +86,8 @@ def test_a_model_goes_through_every_stage():
     assert reasons(obj)[cond.CAPACITY] == cond.NODES_AVAILABLE
     assert obj["status"]["phase"] == "Downloading"
 
-    # 3. The fill Job completes: the cache is marked filled, the RayService and Service appear.
+    # 3. The fill Job completes: the cache is marked filled, the RayService appears; the
+    # endpoint Service waits for KubeRay to name the cluster it would send traffic to.
     complete_job(kube, names.fill_job_name(cache))
     obj, _ = model_pass(ctx, "alpaca-7b")
     assert reasons(obj)[cond.WEIGHTS] == cond.CACHE_FILLED
@@ -95,13 +96,18 @@ def test_a_model_goes_through_every_stage():
     rs = kube.stored("ray.io/v1", "RayService", "alpaca-7b", NS)
     assert owners(rs) == [("AlpacaModel", "alpaca-7b", True)]
     assert rs["spec"]["upgradeStrategy"]["type"] == "None"
-    service = kube.stored("v1", "Service", names.endpoint_service_name("alpaca-7b"), NS)
-    assert owners(service) == [("AlpacaModel", "alpaca-7b", True)]
+    assert kube.names("Service") == []
     assert obj["status"].get("endpoint", "") == ""
 
-    # 4. KubeRay reports the app running: Ready, with the endpoint and replicas.
+    # 4. KubeRay reports the app running: Ready, with the endpoint and replicas; the Service
+    # is made in one write, sending traffic to that cluster's ready Serve pods.
     rayservice_ready(kube, "alpaca-7b", workers=2)
+    writes = kube.writes
     obj, _ = model_pass(ctx, "alpaca-7b")
+    service = kube.stored("v1", "Service", names.endpoint_service_name("alpaca-7b"), NS)
+    assert owners(service) == [("AlpacaModel", "alpaca-7b", True)]
+    assert service["spec"]["selector"]["ray.io/cluster"] == "alpaca-7b-abcde"
+    assert kube.writes - writes == 2  # the Service and the status
     assert obj["status"]["phase"] == "Ready"
     assert reasons(obj)[cond.READY] == cond.ALL_STAGES_READY
     assert obj["status"]["endpoint"] == f"http://alpaca-7b-openai.{NS}.svc:8000"
