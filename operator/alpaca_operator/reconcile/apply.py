@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from alpaca_operator.kube import Kube
@@ -28,16 +29,19 @@ def owner_reference(
     }
 
 
-def shared_owners(live: dict[str, Any] | None, owner: dict[str, Any]) -> list[dict[str, Any]]:
-    """The live object's owners plus this one (none a controller): a shared child is
-    garbage-collected only when its last user is gone."""
-    ref = owner_reference(owner, controller=False)
-    refs = [
-        r
+def shared_owners(
+    live: dict[str, Any] | None, owner: dict[str, Any], peers: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The live object's owners plus this one and `peers` (none a controller): a shared child
+    is garbage-collected only when its last user is gone."""
+    refs = {
+        str(r.get("uid")): r
         for r in ((live or {}).get("metadata", {}).get("ownerReferences") or [])
-        if r.get("uid") != ref["uid"]
-    ]
-    return sorted([*refs, ref], key=lambda r: r["uid"])
+    }
+    for user in (*peers, owner):
+        ref = owner_reference(user, controller=False)
+        refs[ref["uid"]] = ref
+    return sorted(refs.values(), key=lambda r: str(r["uid"]))
 
 
 def content_hash(obj: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ fill stays failed until something that could change its outcome changes (decisio
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from alpaca_operator.kube import ApiError, Kube
@@ -202,14 +203,20 @@ def _failed_fill(
 
 
 def ensure_cache(
-    kube: Kube, applier: Applier, desired: CacheManifests, user: dict[str, Any]
+    kube: Kube,
+    applier: Applier,
+    desired: CacheManifests,
+    user: dict[str, Any],
+    peers: Iterable[dict[str, Any]] = (),
 ) -> CacheState:
     """Make the cache exist with `user` among its owners, fill it if not filled; what is seen.
-    `desired`: the cache's children as rendered for this pass (render/weights.cache_manifests)."""
+    `desired`: the cache's children as rendered for this pass (render/weights.cache_manifests).
+    `peers`: other users known to name this cache, made owners in the same write, so that ten
+    models applied together cost the PVC and its fill Job one write each, not ten."""
     desired_pvc = desired.pvc
     cache, ns = desired_pvc["metadata"]["name"], desired_pvc["metadata"]["namespace"]
     live_pvc = kube.get("v1", "PersistentVolumeClaim", cache, ns)
-    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user)
+    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user, peers)
     state = CacheState(pvc=live_pvc)
     annotations = desired_pvc["metadata"]["annotations"]
     job = None

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alpaca_operator import conditions as cond
 from alpaca_operator import policy
 from alpaca_operator.accept import Event, Outcome, accept, transition_events
+from alpaca_operator.api import model
+from alpaca_operator.api.base import API_VERSION
 from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.config import OperatorConfig
 from alpaca_operator.kube import Kube
@@ -46,6 +48,8 @@ class ModelContext:
     applier: Applier
     config: OperatorConfig
     application_for: ApplicationFor
+    cache_uses: dict[tuple[str, Any], frozenset[str]] = field(default_factory=dict)
+    """The caches each AlpacaModel's spec names, by (uid, generation): see `caches_named`."""
 
 
 @dataclass
@@ -165,10 +169,70 @@ def _weights(
     body: dict[str, Any],
     children: observe.ModelChildren,
 ) -> None:
-    with CACHES.hold(body["metadata"]["namespace"]):
-        children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body)
+    meta = body["metadata"]
+    ns = meta["namespace"]
+    with CACHES.hold(ns):
+        peers: dict[str, list[dict[str, Any]]] | None = None
+
+        def ensure(cache: CacheManifests) -> observe.CacheState:
+            # the other users join in the write that makes this one an owner (none otherwise)
+            nonlocal peers
+            name = cache.pvc["metadata"]["name"]
+            live = ctx.kube.get("v1", "PersistentVolumeClaim", name, ns)
+            owners = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+            joined = any(r.get("uid") == meta.get("uid") for r in owners)
+            if not joined and peers is None:
+                peers = _cache_peers(ctx, body)
+            others = () if joined or peers is None else peers.get(name, ())
+            return ensure_cache(ctx.kube, ctx.applier, cache, body, others)
+
+        children.cache = ensure(desired.cache)
         for adapter, cache in desired.adapter_caches.items():
-            children.adapter_caches[adapter] = ensure_cache(ctx.kube, ctx.applier, cache, body)
+            children.adapter_caches[adapter] = ensure(cache)
+
+
+USES_KEPT = 20_000
+"""How many specs' caches a context remembers (it forgets them all when it has more)."""
+
+
+def caches_named(ctx: ModelContext, body: dict[str, Any]) -> frozenset[str]:
+    """The weights caches an AlpacaModel's spec names (its weights' and its adapters'); none
+    when the spec is not accepted (its pass touches no child). Parsed once per generation."""
+    meta = body["metadata"]
+    key = (str(meta.get("uid")), meta.get("generation"))
+    if (known := ctx.cache_uses.get(key)) is not None:
+        return known
+    try:
+        spec = AlpacaModelSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        uses: frozenset[str] = frozenset()
+    else:
+        if policy.model_problems(spec, ctx.config):
+            uses = frozenset()
+        else:
+            uses = frozenset(
+                {names.cache_name(spec.weights)}
+                | {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
+            )
+    if len(ctx.cache_uses) >= USES_KEPT:
+        ctx.cache_uses.clear()
+    ctx.cache_uses[key] = uses
+    return uses
+
+
+def _cache_peers(ctx: ModelContext, body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The other AlpacaModels of the namespace (in the store, none going) by the caches their
+    specs name: made owners with this one, each cache's owners are written once for every
+    user already there rather than once per user's pass."""
+    meta = body["metadata"]
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for other in ctx.kube.list(API_VERSION, model.KIND, meta["namespace"]):
+        ometa = other["metadata"]
+        if ometa.get("uid") == meta.get("uid") or ometa.get("deletionTimestamp"):
+            continue
+        for cache in caches_named(ctx, other):
+            peers.setdefault(cache, []).append(other)
+    return peers
 
 
 def _network_policy(ctx: ModelContext, desired: dict[str, Any], body: dict[str, Any]) -> None:
