@@ -102,6 +102,11 @@ class Store:
             return False
         held = TRIM.get(key, dict)(obj)
         meta = held["metadata"]
+        if "managedFields" in meta:
+            # never read, and often as large as the rest of the object: at 1,000 models the
+            # RayServices' and RayClusters' were tens of MiB of the operator's memory
+            meta = {k: v for k, v in meta.items() if k != "managedFields"}
+            held = {**held, "metadata": meta}
         name = (meta.get("namespace") or "", meta["name"])
         with self._lock:
             old = self._objects[key].get(name)

@@ -26,6 +26,18 @@ def test_a_newer_copy_is_never_replaced_by_an_older_event():
     assert store.get("v1", "Service", "a", "ns")["metadata"]["labels"] == {"v": "later"}
 
 
+def test_managed_fields_are_not_kept():
+    """Nothing reads them, and on KubeRay's objects they are as large as the spec."""
+    obj = _svc("a", "1", app="x")
+    obj["metadata"]["managedFields"] = [{"manager": "kuberay-operator", "fieldsV1": {"f:spec": {}}}]
+    store = Store({SERVICE})
+    assert store.put(obj)
+    held = store.get("v1", "Service", "a", "ns")
+    assert "managedFields" not in held["metadata"]
+    assert held["metadata"]["labels"] == {"app": "x"}
+    assert "managedFields" in obj["metadata"]  # the caller's object is left as it was
+
+
 def test_a_clone_is_a_deep_copy_of_a_json_tree():
     tree = {"a": [{"b": 1}, "c", None], "d": {"e": [1.5, True]}}
     copied = clone(tree)
