@@ -435,14 +435,18 @@ def serve_command(
     ]
     starting = contextlib.ExitStack()  # the run's lock, until the app answers
     starting.enter_context(exclusive(f"the serving tier's {name} command"))
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            raised(command),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                raised(command),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+    except BaseException:
+        starting.close()  # the other phase waits for no start-up that never began
+        raise
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         deadline = time.monotonic() + APP_DEADLINE
