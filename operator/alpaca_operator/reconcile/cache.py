@@ -15,7 +15,7 @@ fill stays failed until something that could change its outcome changes (decisio
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from alpaca_operator.kube import ApiError, Kube
@@ -207,16 +207,19 @@ def ensure_cache(
     applier: Applier,
     desired: CacheManifests,
     user: dict[str, Any],
-    peers: Iterable[dict[str, Any]] = (),
+    peers: Callable[[str], Iterable[dict[str, Any]]] | None = None,
 ) -> CacheState:
     """Make the cache exist with `user` among its owners, fill it if not filled; what is seen.
     `desired`: the cache's children as rendered for this pass (render/weights.cache_manifests).
-    `peers`: other users known to name this cache, made owners in the same write, so that ten
-    models applied together cost the PVC and its fill Job one write each, not ten."""
+    `peers`: the other users known to name a cache, asked only when `user` is not an owner
+    yet; they join in the same write, so that ten models applied together cost the PVC and its
+    fill Job one write each, not ten."""
     desired_pvc = desired.pvc
     cache, ns = desired_pvc["metadata"]["name"], desired_pvc["metadata"]["namespace"]
     live_pvc = kube.get("v1", "PersistentVolumeClaim", cache, ns)
-    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user, peers)
+    joining = user["metadata"]["uid"] not in _uids(live_pvc)
+    others = peers(cache) if peers is not None and joining else ()
+    desired_pvc["metadata"]["ownerReferences"] = shared_owners(live_pvc, user, others)
     state = CacheState(pvc=live_pvc)
     annotations = desired_pvc["metadata"]["annotations"]
     job = None

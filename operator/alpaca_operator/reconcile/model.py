@@ -8,6 +8,7 @@ Writes only what differs (see apply.Applier); reads children from the watch-fed 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,26 +170,24 @@ def _weights(
     body: dict[str, Any],
     children: observe.ModelChildren,
 ) -> None:
-    meta = body["metadata"]
-    ns = meta["namespace"]
-    with CACHES.hold(ns):
-        peers: dict[str, list[dict[str, Any]]] | None = None
+    with CACHES.hold(body["metadata"]["namespace"]):
+        by_cache = functools.cache(lambda: _cache_peers(ctx, body))  # once a pass, if asked
 
-        def ensure(cache: CacheManifests) -> observe.CacheState:
-            # the other users join in the write that makes this one an owner (none otherwise)
-            nonlocal peers
-            name = cache.pvc["metadata"]["name"]
-            live = ctx.kube.get("v1", "PersistentVolumeClaim", name, ns)
-            owners = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
-            joined = any(r.get("uid") == meta.get("uid") for r in owners)
-            if not joined and peers is None:
-                peers = _cache_peers(ctx, body)
-            others = () if joined or peers is None else peers.get(name, ())
-            return ensure_cache(ctx.kube, ctx.applier, cache, body, others)
+        def peers(cache: str) -> list[dict[str, Any]]:
+            return by_cache().get(cache, [])
 
-        children.cache = ensure(desired.cache)
+        children.cache = ensure_cache(ctx.kube, ctx.applier, desired.cache, body, peers)
         for adapter, cache in desired.adapter_caches.items():
-            children.adapter_caches[adapter] = ensure(cache)
+            children.adapter_caches[adapter] = ensure_cache(
+                ctx.kube, ctx.applier, cache, body, peers
+            )
+
+
+def caches_of(spec: AlpacaModelSpec) -> set[str]:
+    """The weights caches a spec names: its weights' and its adapters'."""
+    return {names.cache_name(spec.weights)} | {
+        names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters
+    }
 
 
 USES_KEPT = 20_000
@@ -210,10 +209,7 @@ def caches_named(ctx: ModelContext, body: dict[str, Any]) -> frozenset[str]:
         if policy.model_problems(spec, ctx.config):
             uses = frozenset()
         else:
-            uses = frozenset(
-                {names.cache_name(spec.weights)}
-                | {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
-            )
+            uses = frozenset(caches_of(spec))
     if len(ctx.cache_uses) >= USES_KEPT:
         ctx.cache_uses.clear()
     ctx.cache_uses[key] = uses
@@ -315,8 +311,7 @@ def reconcile_model(
     _weights(ctx, desired, body, children)
     _network_policy(ctx, desired.network_policy, body)
     _serving(ctx, spec, desired, body, children, now)
-    keep = {names.cache_name(spec.weights)}
-    keep |= {names.cache_name(a.as_weights(spec.weights)) for a in spec.adapters}
+    keep = caches_of(spec)
     live = children.rayservice or ctx.kube.get("ray.io/v1", "RayService", name, ns)
     keep |= claim_names(live)  # serving switches to new weights only once they are filled
     with CACHES.hold(ns):
