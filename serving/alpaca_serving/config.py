@@ -104,15 +104,17 @@ class ServingConfig(BaseModel):
         "there are adapters; fast: that path (no adapters); standard: Serve's Python proxy "
         "and an OpenAI ingress deployment (alpaca_serving.paths).",
     )
-    request_router: Literal["default", "least_connections", "prefix_affinity"] = Field(
-        default="default",
-        description="Which replica takes a request. default: Ray Serve's own choice (on the fast "
-        "path HAProxy asks Ray's LLMRouter, round robin; on the standard path the less busy of "
-        "two at random); least_connections: on the fast path HAProxy picks the replica with "
-        "the fewest open requests itself, without asking the LLMRouter (the standard path's "
-        "default is the same idea); prefix_affinity: Ray Serve LLM's PrefixCacheAffinityRouter, "
-        "the replica that served the longest shared prompt prefix while load is balanced (on "
-        "the fast path HAProxy forwards each request's body to the LLMRouter).",
+    request_router: Literal["least_connections", "prefix_affinity", "ray"] = Field(
+        default="least_connections",
+        description="Which replica takes a request. least_connections: on the fast path HAProxy "
+        "picks the replica with the fewest open requests itself, with no Python hop (on the "
+        "standard path Serve's handle picks the less busy of two at random, the same idea); "
+        "prefix_affinity: Ray Serve LLM's PrefixCacheAffinityRouter, the replica that served "
+        "the longest shared prompt prefix while load is balanced (on the fast path HAProxy "
+        "asks Ray's LLMRouter for each request, its body forwarded); ray: Ray Serve's own "
+        "choice (on the fast path HAProxy asks Ray's LLMRouter, round robin; on the standard "
+        "path as least_connections). benchmarks/serving_overhead.py and prefix_routing.py "
+        "measure them (decision 40).",
     )
 
     @field_validator("model_path")

@@ -33,6 +33,6 @@ def _defaults_left_out(config: ServingConfig) -> set[str]:
     left_out = set()
     if config.request_path == "auto":
         left_out.add("request_path")
-    if config.request_router == "default":
+    if config.request_router == "least_connections":
         left_out.add("request_router")
     return left_out

@@ -87,8 +87,13 @@ def test_the_entry_leaves_auto_out_and_keeps_a_forced_path():
 
 def test_the_entry_leaves_the_default_router_out():
     assert "request_router" not in application_entry(_config())["args"]
-    entry = application_entry(_config(request_router="prefix_affinity"))["args"]
-    assert entry["request_router"] == "prefix_affinity"
+    assert (
+        "request_router"
+        not in application_entry(_config(request_router="least_connections"))["args"]
+    )
+    for router in ("prefix_affinity", "ray"):
+        entry = application_entry(_config(request_router=router))["args"]
+        assert entry["request_router"] == router
 
 
 # --- app.build_app: Ray Serve LLM's builder arguments on each path (no Ray started) ---
@@ -126,6 +131,8 @@ def test_standard_path_builder_is_as_before(builder_args):
 
 
 def test_fast_path_builder_has_no_ingress_of_ours(builder_args, monkeypatch):
+    """With a router in Ray's LLMRouter (`ray`, `prefix_affinity`) Ray's builder builds the
+    fast path, handed only the LLMConfig."""
     from ray.llm._internal.serve.core.ingress.builder import (
         LLMServingArgs,
         _validate_direct_streaming_ingress_config,
@@ -135,7 +142,7 @@ def test_fast_path_builder_has_no_ingress_of_ours(builder_args, monkeypatch):
 
     for key, value in FAST_ENV.items():
         monkeypatch.setenv(key, value)
-    assert build_app(BASE) == "app"
+    assert build_app({**BASE, "request_router": "ray"}) == "app"
     [builder] = builder_args
     assert set(builder) == {"llm_configs"} and len(builder["llm_configs"]) == 1
     # what Ray's builder checks under direct streaming, passed
@@ -280,21 +287,21 @@ def test_prefix_router_reaches_ray_on_both_paths(builder_args, monkeypatch, fast
         for key, value in FAST_ENV.items():
             monkeypatch.setenv(key, value)
     build_app({**BASE, "request_router": "prefix_affinity"})
-    build_app(BASE)
-    prefix, default = (b["llm_configs"][0] for b in builder_args)
+    build_app({**BASE, "request_router": "ray"})
+    prefix, rays = (b["llm_configs"][0] for b in builder_args)
     assert prefix.deployment_config["request_router_config"] == {
         "request_router_class": PREFIX_ROUTER
     }
-    assert "request_router_config" not in default.deployment_config
+    assert "request_router_config" not in rays.deployment_config
     assert import_attr(PREFIX_ROUTER).__name__ == "PrefixCacheAffinityRouter"
     assert _get_direct_streaming_serve_options(prefix) == {}
-    assert "request_router_config" in _get_direct_streaming_serve_options(default)
+    assert "request_router_config" in _get_direct_streaming_serve_options(rays)
 
 
 def test_least_connections_leaves_the_replica_to_haproxy(builder_args, monkeypatch):
-    """On the fast path, `least_connections` builds Ray's direct-streaming LLMServer ingress
-    without the LLMRouter HAProxy would ask per request; on the standard path it is Serve's
-    default router."""
+    """On the fast path, `least_connections` (the default) builds Ray's direct-streaming
+    LLMServer ingress without the LLMRouter HAProxy would ask per request; on the standard
+    path it is Serve's default router."""
     from types import SimpleNamespace
 
     import ray
@@ -306,12 +313,13 @@ def test_least_connections_leaves_the_replica_to_haproxy(builder_args, monkeypat
 
     from alpaca_serving.app import build_app
 
-    build_app({**BASE, "request_router": "least_connections"})
+    assert ServingConfig.model_validate(BASE).request_router == "least_connections"
+    build_app(BASE)
     [standard] = builder_args
     assert "request_router_config" not in standard["llm_configs"][0].deployment_config
     for key, value in FAST_ENV.items():
         monkeypatch.setenv(key, value)
-    app = build_app({**BASE, "request_router": "least_connections"})
+    app = build_app(BASE)
     assert len(builder_args) == 1  # not Ray's builder: it would attach the LLMRouter
     assert isinstance(app, Application)
     assert app._ingress_request_router is None
