@@ -6,9 +6,10 @@ long prefixes: --prefixes documents (a system prompt or a retrieved document, --
 tokens each), each asked --questions short questions, sent in a shuffled order (the same for
 every row) at --concurrency. Rows:
 
-  fast             the fast path as it is by default: Ray's LLMRouter picks the replica for
-                   HAProxy, round robin
-  fast-lc          the fast path, HAProxy balancing by least connections (no LLMRouter)
+  fast             the fast path as it is by default: HAProxy balances by least connections
+                   (no Python hop)
+  fast-ray         the fast path with `request_router: ray`: Ray's LLMRouter picks the
+                   replica for HAProxy, round robin
   fast-prefix      the fast path with Ray Serve LLM's PrefixCacheAffinityRouter in the LLMRouter
                    (HAProxy forwards each request's body to it)
   standard         the standard path, Serve's default router (power of two choices)
@@ -52,7 +53,7 @@ from serving_overhead import (
     pct,
 )
 
-ROWS = ("fast", "fast-lc", "fast-prefix", "standard", "standard-prefix")
+ROWS = ("fast", "fast-ray", "fast-prefix", "standard", "standard-prefix")
 # made-up words the documents are written in
 WORDS = [
     a + b for a in ("ka", "lo", "mi", "ru", "se", "ta", "vo", "ne") for b in ("n", "r", "st", "l")
@@ -219,8 +220,8 @@ def run_row(row: str, model: str, work: Path, args: argparse.Namespace, load: li
         "accelerator": "cpu",
         "engine_kwargs": engine,
         "autoscaling": {"min_replicas": 2, "max_replicas": 2},
-        "request_router": {"prefix": "prefix_affinity", "lc": "least_connections"}.get(
-            row.partition("-")[2], "default"
+        "request_router": {"prefix": "prefix_affinity", "ray": "ray"}.get(
+            row.partition("-")[2], "least_connections"
         ),
     }
     (work / f"{row}.yaml").write_text(json.dumps(config))
@@ -347,8 +348,16 @@ def main() -> int:
         for rnd in range(args.rounds):
             for row in rows if rnd % 2 == 0 else rows[::-1]:
                 t0 = time.perf_counter()
-                with scratch.row():
-                    r = run_row(row, model, work, args, [p for _, p in load])
+                try:
+                    with scratch.row():
+                        r = run_row(row, model, work, args, [p for _, p in load])
+                except RuntimeError as e:
+                    # one row that did not come up costs its round, not the whole run: what
+                    # it logged last is printed, the other rows go on
+                    log = work / f"{row}.log"
+                    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                    print(f"[round {rnd + 1}] {row}: FAILED: {e}\n{tail}", flush=True)
+                    continue
                 results[row].append(r)
                 print(
                     f"[round {rnd + 1}] {row}: hit rate {r.hit_rate:.3f} "

@@ -7,9 +7,10 @@ the same prompts, sampling and concurrency (1, 8, 32) through these rows:
   vllm serve    vLLM's own OpenAI server over HTTP: what users compare us with
   app standard  our app on Ray Serve's default path (Python proxy -> OpenAiIngress -> LLMServer)
   app fast      our app on the fast path (HAProxy, direct ingress, LLMServer as the ingress,
-                throughput-optimized transport); HAProxy asks Ray's LLMRouter for the replica
-  app fast lc   the fast path with `request_router: least_connections`: HAProxy balances the
-                replicas itself, no LLMRouter hop
+                throughput-optimized transport), as it is by default: HAProxy balances the
+                replicas itself (`request_router: least_connections`)
+  app fast ray  the fast path with `request_router: ray`: HAProxy asks Ray's LLMRouter, a
+                Python deployment, for the replica of every request (Ray's own default)
 
 Every row is a fresh process tree, started, warmed up, measured at each concurrency and
 stopped (all its processes gone) before the next starts. The machine is shared and drifts by
@@ -57,7 +58,7 @@ ENGINE: dict[str, Any] = {
     "enforce_eager": True,
     "kv_cache_memory_bytes": 256 * 2**20,
 }
-ROWS = ("engine", "vllm-serve", "app-standard", "app-fast", "app-fast-lc")
+ROWS = ("engine", "vllm-serve", "app-standard", "app-fast", "app-fast-ray")
 START_TIMEOUT = 900.0
 # which process of a row's tree did the work (first match of its name or command line)
 GROUPS = (
@@ -402,10 +403,10 @@ def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
                 "accelerator": "cpu",
                 "engine_kwargs": ENGINE,
             }
-            | ({"request_router": "least_connections"} if row == "app-fast-lc" else {})
+            | ({"request_router": "ray"} if row == "app-fast-ray" else {})
         )
     )
-    path = {"app-standard": "standard", "app-fast": "fast", "app-fast-lc": "fast"}[row]
+    path = {"app-standard": "standard", "app-fast": "fast", "app-fast-ray": "fast"}[row]
     return [
         PYTHON, "-m", "alpaca_serving", "serve", "--config", str(config),
         "--port", str(port), "--request-path", path,
