@@ -173,6 +173,9 @@ class Scratch:
         self._shm, self._remove_shm = engine_shm_files, remove_orphaned_shm
         self._shm_before = engine_shm_files()
         self.work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        # torch makes /tmp/torchinductor_<user> when transformers is first imported (the
+        # benchmark's own process loads a tokenizer or builds the tiny model): in here instead
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.work / "inductor"))
 
     @contextlib.contextmanager
     def row(self) -> Any:
