@@ -29,10 +29,10 @@ def application_entry(config: ServingConfig, route_prefix: str = "/") -> dict[st
     }
 
 
+LEFT_OUT_AT_DEFAULT = ("request_path", "request_router")
+"""Fields added after the first release: at their default they stay out of the entry."""
+
+
 def _defaults_left_out(config: ServingConfig) -> set[str]:
-    left_out = set()
-    if config.request_path == "auto":
-        left_out.add("request_path")
-    if config.request_router == "least_connections":
-        left_out.add("request_router")
-    return left_out
+    fields = ServingConfig.model_fields
+    return {f for f in LEFT_OUT_AT_DEFAULT if getattr(config, f) == fields[f].default}
