@@ -62,6 +62,7 @@ ROWS = ("engine", "vllm-serve", "app-standard", "app-fast", "app-fast-ray")
 START_TIMEOUT = 900.0
 # which process of a row's tree did the work (first match of its name or command line)
 GROUPS = (
+    ("ServeReplica:alpaca:AlpacaLLMServer", "LLMServer replica"),  # ours, on every model
     ("ServeReplica:alpaca:LLMServer", "LLMServer replica"),
     ("ServeReplica:alpaca:OpenAiIngress", "OpenAiIngress replica"),
     ("ServeReplica:alpaca:AlpacaIngress", "OpenAiIngress replica"),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from alpaca_serving import paths
+from alpaca_serving import paths, usage
 from alpaca_serving.config import ServingConfig
 
 CPU_ENGINE = {
@@ -93,6 +93,8 @@ environment `ray.init()` starts the local cluster with; a value the user set is 
 
 def run_app(args: argparse.Namespace, config: ServingConfig) -> int:
     os.environ.setdefault(*PROXY_READY_TIMEOUT)
+    for key, value in usage.OFF.items():  # as in the operator's Ray pods; a value set is kept
+        os.environ.setdefault(key, value)
     import ray
     from ray import serve as ray_serve
 

@@ -3,11 +3,12 @@
 Ray Serve LLM serves adapters as multiplexed models named `<base>:<adapter>`, but only loads
 them from object storage (its LoraConfig accepts s3://, gs://, azure:// prefixes). Our
 adapters are folders: on the weights cache volume, or a fine-tune's output volume. Two thin
-subclasses, plugged in where Ray's builder takes them (`LLMConfig.server_cls`,
+classes, plugged in where Ray takes them (the LLMServer's model downloader,
 `ingress_cls_config`), read the adapters from the folders the config names:
 
-- `AlpacaLLMServer`: Ray's LLMServer with a loader that resolves `<base>:<name>` to its folder
-  (no download; vLLM loads it from there on first use, as it would after a download);
+- `LocalAdapterLoader`: resolves `<base>:<name>` to its folder (no download; vLLM loads it
+  from there on first use, as it would after a download); every model's LLMServer
+  (`server.AlpacaLLMServer`) loads adapters with it;
 - `AlpacaIngress`: Ray's OpenAI ingress whose model list and model lookup include the
   configured adapters (Ray's would list an object-storage prefix).
 
@@ -17,7 +18,6 @@ evicted), vLLM's LoRA loading — is Ray's and vLLM's.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     OpenAIHTTPException,
 )
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 
 ADAPTERS_KEY = "alpaca_adapters"
@@ -66,30 +65,6 @@ class LocalAdapterLoader(LoraModelLoader):
         )
         self.disk_cache[lora_model_id] = config
         return config
-
-
-class AlpacaLLMServer(LLMServer):
-    """Ray Serve LLM's LLMServer, loading adapters from local folders.
-
-    vLLM leaves the process's logging alone here (unless the pod sets VLLM_CONFIGURE_LOGGING):
-    its engine start applies a logging dictConfig, which closes every handler in the process,
-    Serve's replica log included; a restarted Serve controller then cannot adopt this replica
-    (`is_allocated` reads that handler's file) and replaces it, reloading the model. vLLM's
-    loggers propagate to the handlers Ray set up for the worker instead."""
-
-    async def __init__(
-        self,
-        llm_config: Any,
-        *,
-        engine_cls: Any = None,
-        model_downloader: Any = None,
-    ) -> None:
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        await super().__init__(
-            llm_config,
-            engine_cls=engine_cls,
-            model_downloader=model_downloader or LocalAdapterLoader,
-        )
 
 
 class AlpacaIngress(OpenAiIngress):

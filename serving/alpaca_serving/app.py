@@ -19,6 +19,8 @@ from alpaca_serving.config import ServingConfig
 from alpaca_serving.templates import chat_template_for
 
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+SERVER_CLS = "alpaca_serving.server:AlpacaLLMServer"
+"""Every model's LLMServer class (LLMConfig loads it from this path)."""
 
 
 def llm_config(config: ServingConfig) -> Any:
@@ -31,13 +33,13 @@ def llm_config(config: ServingConfig) -> Any:
     template = chat_template_for(config.prompt_template)
     if template is not None:
         engine["chat_template"] = template
-    kwargs: dict[str, Any] = {}
+    # every model's replica runs our LLMServer (vLLM's logging, telemetry, adapter folders)
+    kwargs: dict[str, Any] = {"server_cls": SERVER_CLS}
     if config.adapters:
-        from alpaca_serving.adapters import ADAPTERS_KEY, AlpacaLLMServer
+        from alpaca_serving.adapters import ADAPTERS_KEY
 
         # Ray's multiplexing (N adapters per replica, LRU) with adapters read from folders
         kwargs["lora_config"] = {"max_num_adapters_per_replica": config.max_adapters_per_replica}
-        kwargs["server_cls"] = AlpacaLLMServer
         kwargs["experimental_configs"] = {ADAPTERS_KEY: {a.name: a.path for a in config.adapters}}
         engine.setdefault("enable_lora", True)
         engine.setdefault("max_loras", min(config.max_adapters_per_replica, 8))

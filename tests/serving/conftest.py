@@ -24,7 +24,7 @@ import pytest
 
 from alpaca_dev.controlplane import free_port
 from alpaca_dev.shm import engine_shm_files, remove_orphaned_shm
-from alpaca_serving import local_ray
+from alpaca_serving import local_ray, usage
 from alpaca_serving.__main__ import PROXY_READY_TIMEOUT
 from tests.run_lock import exclusive
 from tests.tiny_llama import FIXTURE, build_tiny_llama
@@ -293,11 +293,12 @@ def serve_app(model_path: Path, name: str, **overrides: object) -> Iterator[Serv
     shm_before = engine_shm_files()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     ready_timeout, ready_default = PROXY_READY_TIMEOUT
-    changed = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", ready_timeout)
+    changed = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", ready_timeout, *usage.OFF)
     saved = {k: os.environ.get(k) for k in changed}
     os.environ.update(
         TMPDIR=tmp, VLLM_CACHE_ROOT=f"{tmp}/vllm", TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor"
     )
+    os.environ.update(usage.OFF)  # as the operator's Ray pods and the serve command run
     # what the serve command does: Serve's 5 s for a new proxy to start is too short beside
     # the other tiers (the controller kills the proxy and serve.start() fails)
     os.environ.setdefault(ready_timeout, ready_default)
@@ -416,6 +417,8 @@ def serve_command(
         RAY_SERVE_HAPROXY_METRICS_PORT=str(haproxy_port),
         RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
     )
+    for key in usage.OFF:  # the command's own default, not the other app's environment
+        env.pop(key, None)
     log = Path(tmp) / "serve.log"
     config = Path(tmp) / "serving.yaml"
     config.write_text(

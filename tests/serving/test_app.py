@@ -5,11 +5,13 @@ LLMServer, which streams itself), each test once per path."""
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
 
 import openai
+import psutil
 import pytest
 from transformers import AutoTokenizer
 
@@ -39,6 +41,33 @@ def _count(tokenizer, text: str) -> set[int]:
     """Token counts the engine may report for a text (with or without a leading bos)."""
     n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return {n, n + 1}
+
+
+def _processes(app: Served | LocalServe) -> list[psutil.Process]:
+    """Every process of the app's Ray: the command's tree, or this process's and the worker
+    node's."""
+    # (conftest's classes may be imported twice, under two names: no isinstance)
+    roots = [app.proc.pid] if hasattr(app, "proc") else [os.getpid(), app.worker.proc.pid]
+    found = []
+    for pid in roots:
+        root = psutil.Process(pid)
+        found += [root, *root.children(recursive=True)]
+    return found
+
+
+def test_no_usage_telemetry_actor_with_usage_stats_off(client, app):
+    """Ray's usage stats are off (the serve command's default, the operator's Ray pods), so
+    the replica's engine start made no Ray Serve LLM TelemetryAgent (a Python worker of ~0.5
+    GB on the head); the replica itself runs our LLMServer."""
+    assert next(m.id for m in client.models.list().data) == app.model  # the engine has started
+    titles = []
+    for proc in _processes(app):
+        try:
+            titles.append(" ".join(proc.cmdline()))
+        except psutil.Error:  # gone meanwhile
+            continue
+    assert not [t for t in titles if "TelemetryAgent" in t], titles
+    assert [t for t in titles if "ServeReplica:alpaca:AlpacaLLMServer" in t], titles
 
 
 def test_model_list(client, app):

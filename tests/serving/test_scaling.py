@@ -101,7 +101,9 @@ def test_scales_up_under_load_and_back_down(served: Served):
 
 
 TARGET = re.compile(
-    r'^ray_serve_autoscaling_target_replicas\{[^}]*deployment="LLM[^"]*"[^}]*\}\s+([0-9.]+)', re.M
+    r"^ray_serve_autoscaling_target_replicas"
+    r'\{[^}]*deployment="[^"]*LLMServer[^"]*"[^}]*\}\s+([0-9.]+)',
+    re.M,
 )
 
 
@@ -116,7 +118,9 @@ def _target(metrics_url: str) -> int | None:
     return round(float(found[0])) if found else None
 
 
-SCALED = re.compile(r"(Up|Down)scaling Deployment\(name='LLM[^']*'.*? from (\d+) to (\d+) replicas")
+SCALED = re.compile(
+    r"(Up|Down)scaling Deployment\(name='[^']*LLMServer[^']*'.*? from (\d+) to (\d+) replicas"
+)
 
 
 def _scalings(app: LocalServe) -> list[str]:

@@ -11,7 +11,7 @@ from alpaca_operator.api.model import AlpacaModelSpec
 from alpaca_operator.render import names
 from alpaca_operator.render.capacity import GPU_RESOURCE, Placement
 from alpaca_operator.render.security import container_security, pod_security
-from alpaca_serving import paths
+from alpaca_serving import paths, usage
 from alpaca_serving.config import ServingConfig
 
 SERVE_PORT = 8000  # Ray Serve's HTTP proxy (HAProxy on the fast path): the OpenAI API
@@ -57,9 +57,10 @@ def _container(
 
 def ray_env(application: dict[str, Any]) -> dict[str, str]:
     """What every Ray container of the application needs in its environment before `ray start`:
-    Ray Serve's fast-path variables when its config takes that path (alpaca_serving.paths)."""
+    Ray's usage stats off (alpaca_serving.usage), and Ray Serve's fast-path variables when its
+    config takes that path (alpaca_serving.paths)."""
     config = ServingConfig.model_validate(application["args"])
-    return paths.environment(paths.request_path(config), config)
+    return {**usage.OFF, **paths.environment(paths.request_path(config), config)}
 
 
 def _volumes(

@@ -323,7 +323,7 @@ def test_least_connections_leaves_the_replica_to_haproxy(builder_args, monkeypat
     assert len(builder_args) == 1  # not Ray's builder: it would attach the LLMRouter
     assert isinstance(app, Application)
     assert app._ingress_request_router is None
-    assert app._bound_deployment.name.startswith("LLMServer")
+    assert app._bound_deployment.name == "AlpacaLLMServer:m"  # our LLMServer (server.py)
     # what Ray's build refuses under HAProxy without an ingress request router: a custom one
     from ray.serve._private.build_app import _has_custom_request_router
 
