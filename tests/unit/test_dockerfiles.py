@@ -79,6 +79,7 @@ SOURCES = {
         "serving/alpaca_serving/config.py",
         "serving/alpaca_serving/paths.py",
         "serving/alpaca_serving/serve_config.py",
+        "serving/alpaca_serving/usage.py",
         "weights/alpaca_weights/__init__.py",
         "weights/alpaca_weights/contract.py",
     ],
@@ -154,6 +155,7 @@ def test_the_operator_image_holds_exactly_the_serving_and_weights_modules_it_imp
         "alpaca_serving.config",
         "alpaca_serving.paths",
         "alpaca_serving.serve_config",
+        "alpaca_serving.usage",
         "alpaca_weights",
         "alpaca_weights.contract",
     ]

@@ -65,11 +65,13 @@ class Plan:
 
 
 def _pod_shape(template: dict[str, Any]) -> dict[str, Any]:
-    """What needs new pods when it changes. Not the containers' env: its only variables, Ray
-    Serve's fast path (decision 39), change with the adapter volumes (a model takes the standard
-    path exactly when it has adapters), so a model moving between paths is recreated anyway;
-    and a cluster made before the fast path existed keeps serving on the standard path, which
-    works, rather than every model going down once when the operator is upgraded."""
+    """What needs new pods when it changes. Not the containers' env: Ray Serve's fast-path
+    variables (decision 39) change with the adapter volumes (a model takes the standard path
+    exactly when it has adapters), so a model moving between paths is recreated anyway; a
+    cluster made before the fast path existed keeps serving on the standard path, which works,
+    and one made before Ray's usage stats were turned off (decision 43) keeps them on, rather
+    than every model going down once when the operator is upgraded. Either reaches the
+    cluster when it is recreated for a change."""
     spec = template.get("spec", {})
     return {
         "containers": [

@@ -419,7 +419,9 @@ def test_a_model_changing_request_path_recreates_its_cluster():
     """Ray reads the fast path's variables when its processes start: a model given its first
     adapter (or losing its last) needs new pods, and gets them with the adapter volumes."""
     fast, standard = _rendered([]), _rendered([{"name": "a", "source": "hf://o/a"}])
-    assert all(_envs(fast)) and not any(_envs(standard))
+    usage_off = [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    assert all(env != usage_off for env in _envs(fast))
+    assert _envs(standard) == [usage_off, usage_off]
     for live, desired in ((fast, standard), (standard, fast)):
         kube = FakeKube()
         _cluster(kube, live)
