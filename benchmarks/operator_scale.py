@@ -11,7 +11,9 @@ model's RayService is created, KubeRay makes its RayCluster and the scheduler pu
 the pods on the KWOK nodes. Then
 
 - settle: seconds from the apply until every model has its first status;
-- children: until every model has its RayService (its weights filled first);
+- filled: until every namespace's fill Job completed (KWOK completes its pod);
+- children: until every model has its RayService (its weights filled first), and the lag from
+  a fill Job's completion to each of its models' RayService (the operator's reaction);
 - at rest: the operator's requests per minute (the audit log; watches counted apart);
 - irrelevant churn: one label change per second on a node no model selects;
 - relevant churn: one label change per second on a node a quarter of the models select;
@@ -71,6 +73,9 @@ class Figures:
     applied_s: float = 0.0
     settle_s: float = 0.0
     children_s: float = 0.0
+    filled_s: float = 0.0
+    reaction_p50_s: float = 0.0
+    reaction_max_s: float = 0.0
     pods_running: int = 0
     quiet_s: float = 0.0
     rest_per_min: float = 0.0
@@ -176,27 +181,43 @@ def _proc_figures(pid: int) -> tuple[float, float]:
 
 
 class Watcher:
-    """Watches AlpacaModels and RayServices (one stream each, cheap for the apiserver, unlike a
-    LIST of every model each second): when every model had its first status, and when every
-    model had its RayService."""
+    """Watches AlpacaModels, fill Jobs and RayServices (one stream each, cheap for the
+    apiserver, unlike a LIST of every model each second), and keeps when each object first
+    passed its check: a model's first status, a fill Job's completion, a RayService's
+    creation."""
 
-    def __init__(self, kubeconfig: Path, total: int) -> None:
+    def __init__(self, kubeconfig: Path, total: int, fills: int) -> None:
         from kubernetes import client, config, watch
 
-        self.total, self.started = total, time.monotonic()
-        self.settled_at: float | None = None
-        self.children_at: float | None = None
-        self._api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
-        self._watches = [watch.Watch(), watch.Watch()]
+        api = config.new_client_from_config(str(kubeconfig))
+        custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+        self.total, self.fills, self.started = total, fills, time.monotonic()
+        self.seen: dict[str, dict[str, float]] = {"models": {}, "fills": {}, "rayservices": {}}
+        streams: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any], Any]] = {
+            "models": (
+                custom.list_cluster_custom_object,
+                ("alpaca.dev", "v1alpha1", "alpacamodels"),
+                {},
+                self._status,
+            ),
+            "fills": (
+                batch.list_job_for_all_namespaces,
+                (),
+                {"label_selector": "alpaca.dev/weights-cache"},
+                self._complete,
+            ),
+            "rayservices": (
+                custom.list_cluster_custom_object,
+                ("ray.io", "v1", "rayservices"),
+                {},
+                self._exists,
+            ),
+        }
+        self._watches = {name: watch.Watch() for name in streams}
         self._threads = [
-            threading.Thread(target=self._follow, args=(w, plural, check), daemon=True)
-            for w, (plural, check) in zip(
-                self._watches,
-                (("alpacamodels", self._status), ("rayservices", self._exists)),
-                strict=True,
-            )
+            threading.Thread(target=self._follow, args=(name, *stream), daemon=True)
+            for name, stream in streams.items()
         ]
-        self._seen: dict[str, set[str]] = {"alpacamodels": set(), "rayservices": set()}
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -204,40 +225,64 @@ class Watcher:
             thread.start()
 
     def stop(self) -> None:
-        for w in self._watches:
+        for w in self._watches.values():
             w.stop()
 
+    def _all(self, name: str, count: int) -> float | None:
+        times = self.seen[name]
+        return max(times.values()) if len(times) >= count else None
+
+    @property
+    def settled_at(self) -> float | None:
+        return self._all("models", self.total)
+
+    @property
+    def children_at(self) -> float | None:
+        return self._all("rayservices", self.total)
+
+    @property
+    def filled_at(self) -> float | None:
+        return self._all("fills", self.fills)
+
+    def reactions(self) -> list[float]:
+        """Seconds from each model's fill Job completing to its RayService appearing."""
+        fills = {key.split("/")[0]: at for key, at in self.seen["fills"].items()}
+        return sorted(
+            at - fills[key.split("/")[0]]
+            for key, at in self.seen["rayservices"].items()
+            if key.split("/")[0] in fills
+        )
+
     @staticmethod
-    def _status(obj: dict[str, Any]) -> bool:
+    def _status(obj: Any) -> bool:
         return (obj.get("status") or {}).get("observedGeneration") == 1
 
     @staticmethod
-    def _exists(obj: dict[str, Any]) -> bool:
+    def _complete(obj: Any) -> bool:
+        conditions = (obj.status.conditions if obj.status else None) or []
+        return any(c.type == "Complete" and c.status == "True" for c in conditions)
+
+    @staticmethod
+    def _exists(obj: Any) -> bool:
         return True
 
-    def _follow(self, w: Any, plural: str, check: Any) -> None:
-        group = "alpaca.dev" if plural == "alpacamodels" else "ray.io"
-        version = "v1alpha1" if plural == "alpacamodels" else "v1"
-        seen = self._seen[plural]
+    def _follow(
+        self, name: str, lister: Any, args: tuple[Any, ...], kwargs: dict[str, Any], check: Any
+    ) -> None:
+        w, seen = self._watches[name], self.seen[name]
         while True:
             try:
-                for event in w.stream(
-                    self._api.list_cluster_custom_object,
-                    group,
-                    version,
-                    plural,
-                    timeout_seconds=3600,
-                ):
+                for event in w.stream(lister, *args, timeout_seconds=3600, **kwargs):
                     obj = event["object"]
-                    meta = obj["metadata"]
-                    if event["type"] != "DELETED" and check(obj):
-                        seen.add(f"{meta['namespace']}/{meta['name']}")
-                    if len(seen) >= self.total:
-                        at = time.monotonic() - self.started
-                        if plural == "alpacamodels" and self.settled_at is None:
-                            self.settled_at = at
-                        elif plural == "rayservices" and self.children_at is None:
-                            self.children_at = at
+                    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                    ns, obj_name = (
+                        (meta["namespace"], meta["name"])
+                        if isinstance(meta, dict)
+                        else (meta.namespace, meta.name)
+                    )
+                    key = f"{ns}/{obj_name}"
+                    if event["type"] != "DELETED" and key not in seen and check(obj):
+                        seen[key] = time.monotonic() - self.started
                 return
             except Exception:  # a dropped stream: list and watch again
                 if getattr(w, "_stop", False):
@@ -336,7 +381,7 @@ def run_design(
                 for ns in range(args.namespaces)
             }
             total = per_ns * args.namespaces
-            watcher = Watcher(cp.kubeconfig, total)
+            watcher = Watcher(cp.kubeconfig, total, args.namespaces)
             watcher.start()
             started = watcher.started
             # a bulk server-side apply in a few parallel streams, as a GitOps tool sends it
@@ -373,6 +418,12 @@ def run_design(
             watcher.stop()
             figures.settle_s = watcher.settled_at or float("inf")
             figures.children_s = (watcher.children_at or float("inf")) if args.kwok else 0.0
+            if args.kwok:
+                figures.filled_s = watcher.filled_at or float("inf")
+                reactions = watcher.reactions()
+                if reactions:
+                    figures.reaction_p50_s = reactions[len(reactions) // 2]
+                    figures.reaction_max_s = reactions[-1]
             # the first passes' writes come back as events and make more passes: wait until the
             # operator has sent nothing for 10 s (the baseline never gets there: its resync)
             quiet_since, deadline = time.monotonic(), time.monotonic() + args.quiet_timeout
@@ -480,7 +531,10 @@ def main() -> int:
     rows = [
         ("time until every model was applied (s)", "applied_s", "{:.1f}"),
         ("time until every model has a status (s)", "settle_s", "{:.1f}"),
+        ("time until every fill Job completed (KWOK) (s)", "filled_s", "{:.1f}"),
         ("time until every model has its RayService (s)", "children_s", "{:.1f}"),
+        ("fill Job done -> its models' RayService, p50 (s)", "reaction_p50_s", "{:.1f}"),
+        ("fill Job done -> its models' RayService, max (s)", "reaction_max_s", "{:.1f}"),
         ("time until the operator went quiet (s)", "quiet_s", "{:.1f}"),
         ("operator requests per model until quiet", "requests_per_model", "{:.2f}"),
         ("requests/min at rest (watches apart)", "rest_per_min", "{:.1f}"),

@@ -17,7 +17,6 @@ from alpaca_operator.kube import Kube
 from alpaca_operator.render.capacity import GPU_RESOURCE
 
 KindKey = tuple[str, str]  # (apiVersion, kind)
-ObjectKey = tuple[str, str]  # (namespace or "", name)
 
 
 def clone(obj: Any) -> Any:
@@ -83,12 +82,16 @@ def _matches(obj: Mapping[str, Any], selector: Mapping[str, str] | None) -> bool
 
 
 class Store:
-    """Watched objects by kind, namespace and name."""
+    """Watched objects by kind, namespace and name. A namespace's list reads that namespace
+    only: at 1,000 models in 100 namespaces, scanning every RayService, Job and claim of the
+    cluster for each pass's lists held the lock most of the burst (a py-spy profile: passes
+    waiting for it were 36% of the operator's samples)."""
 
     def __init__(self, kinds: set[KindKey]) -> None:
         self.kinds = frozenset(kinds)  # what is watched: reads of other kinds go to the API
         self._lock = threading.Lock()
-        self._objects: dict[KindKey, dict[ObjectKey, dict[str, Any]]] = {k: {} for k in kinds}
+        # kind -> namespace ("" for cluster-scoped kinds) -> name -> object
+        self._objects: dict[KindKey, dict[str, dict[str, dict[str, Any]]]] = {k: {} for k in kinds}
 
     def watches(self, api_version: str, kind: str) -> bool:
         return (api_version, kind) in self.kinds
@@ -107,24 +110,30 @@ class Store:
             # RayServices' and RayClusters' were tens of MiB of the operator's memory
             meta = {k: v for k, v in meta.items() if k != "managedFields"}
             held = {**held, "metadata": meta}
-        name = (meta.get("namespace") or "", meta["name"])
+        ns, name = meta.get("namespace") or "", meta["name"]
         with self._lock:
-            old = self._objects[key].get(name)
+            space = self._objects[key].setdefault(ns, {})
+            old = space.get(name)
             new_v, old_v = _version(held), _version(old) if old is not None else None
             if old is not None and new_v is not None and old_v is not None and new_v <= old_v:
                 return False
-            self._objects[key][name] = clone(dict(held))
+            space[name] = clone(dict(held))
             return True
 
     def discard(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         with self._lock:
-            self._objects.get((api_version, kind), {}).pop((namespace or "", name), None)
+            spaces = self._objects.get((api_version, kind), {})
+            space = spaces.get(namespace or "")
+            if space is not None:
+                space.pop(name, None)
+                if not space:
+                    del spaces[namespace or ""]
 
     def get(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
     ) -> dict[str, Any] | None:
         with self._lock:
-            obj = self._objects[(api_version, kind)].get((namespace or "", name))
+            obj = self._objects[(api_version, kind)].get(namespace or "", {}).get(name)
             if obj is None or (api_version, kind) in TRIM:
                 return obj
             return clone(obj)
@@ -137,16 +146,18 @@ class Store:
         selector: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         with self._lock:
+            spaces = self._objects[(api_version, kind)]
             found = [
                 obj
-                for (ns, _), obj in self._objects[(api_version, kind)].items()
-                if (namespace is None or ns == namespace) and _matches(obj, selector)
+                for space in (spaces.values() if namespace is None else [spaces.get(namespace, {})])
+                for obj in space.values()
+                if _matches(obj, selector)
             ]
             return found if (api_version, kind) in TRIM else clone(found)
 
     def count(self, api_version: str, kind: str) -> int:
         with self._lock:
-            return len(self._objects[(api_version, kind)])
+            return sum(len(space) for space in self._objects[(api_version, kind)].values())
 
 
 def parse_selector(selector: str | None) -> dict[str, str]:

@@ -60,6 +60,26 @@ def test_reads_are_copies_and_lists_filter_by_namespace_and_labels():
     assert parse_selector("a=b, c=d") == {"a": "b", "c": "d"}
 
 
+def test_namespaces_are_kept_apart_and_cluster_scoped_objects_listed_whole():
+    store = Store({SERVICE, ("v1", "Node")})
+    for ns in ("ns", "other"):
+        for name in ("a", "b"):
+            svc = _svc(name, "1", app=name)
+            svc["metadata"]["namespace"] = ns
+            store.put(svc)
+    store.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n", "labels": {}}})
+    assert sorted(o["metadata"]["name"] for o in store.list("v1", "Service", "other")) == ["a", "b"]
+    assert len(store.list("v1", "Service")) == 4  # every namespace
+    assert [o["metadata"]["name"] for o in store.list("v1", "Node")] == ["n"]
+    assert store.get("v1", "Node", "n")["metadata"]["name"] == "n"
+    store.discard("v1", "Service", "a", "other")
+    store.discard("v1", "Service", "b", "other")
+    store.discard("v1", "Service", "a", "gone")  # nothing there: no error
+    assert store.list("v1", "Service", "other") == []
+    assert store.count("v1", "Service") == 2
+    assert store.get("v1", "Service", "a", "ns") is not None
+
+
 def test_a_node_is_kept_as_capacity_sees_it():
     node = {
         "apiVersion": "v1",
