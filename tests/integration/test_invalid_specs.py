@@ -75,6 +75,13 @@ CASES = [
         "should match",
     ),
     (
+        "drain-over-a-day",
+        "AlpacaModel",
+        _with(MODEL, upgrade={"drainTime": "25h"}),
+        "spec.upgrade.drainTime",
+        "between 10s and 24h",
+    ),
+    (
         "too-many-gpus",
         "AlpacaModel",
         _with(MODEL, resources={"gpus": 17}),

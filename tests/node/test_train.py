@@ -114,8 +114,9 @@ def test_lora_on_two_ranks_then_served_with_its_adapter(cluster: Cluster, traine
 
 def test_a_new_image_with_room_fails_no_request(cluster: Cluster, trained, next_serving_image):
     """Auto, with room: the new cluster starts beside the serving one and takes the traffic
-    once its app answers; the old one drains (KubeRay deletes it 60 s after the switch). The
-    client asks for the adapter, which the new cluster loads from the fine-tune's volume."""
+    once its app answers; the old one drains for the model's `upgrade.drainTime`, then KubeRay
+    deletes it. The client asks for the adapter, which the new cluster loads from the
+    fine-tune's volume."""
     cp = cluster.node.cp
     stack.follow(cp, "am", SERVED, NS, lambda s: s.get("phase") == "Ready", LOAD)
     (old,) = cluster_names(cp, NS)
@@ -127,7 +128,13 @@ def test_a_new_image_with_room_fails_no_request(cluster: Cluster, trained, next_
     ):
         traffic.wait_answers("", timeout=120)
         timeline = Timeline(cp, NS, SERVED)  # times from the change
-        patch = {"spec": {"images": {"serving": next_serving_image}}}
+        # 15 s of drain, not KubeRay's minute: no request of this client lasts more than one
+        patch = {
+            "spec": {
+                "images": {"serving": next_serving_image},
+                "upgrade": {"drainTime": "15s"},
+            }
+        }
         cp.kubectl_run("patch", "-n", NS, "am", SERVED, "--type=merge", "-p", json.dumps(patch))
         _, new, _ = timeline.until(
             lambda r, a, p: r == cond.UP_TO_DATE and a not in ("", old) and not p,

@@ -15,6 +15,7 @@ from alpaca_operator.api.base import (
     Quantity,
     Rule,
     defaulted,
+    parse_duration,
     quantity_value,
     rule_error,
 )
@@ -204,8 +205,18 @@ class Images(ApiModel):
 
 class Upgrade(ApiModel):
     """How a change that needs new pods (image, GPUs, CPU, memory, placement, weights or
-    adapters) reaches a model that is serving. Changes to the engine options, adapters' names or
-    autoscaling are applied in place and need no upgrade."""
+    adapters) reaches a model that is serving. Changes to the engine options, adapters' names,
+    autoscaling or these settings are applied in place and need no upgrade."""
+
+    RULES = (
+        Rule(
+            "duration(self.drainTime) >= duration('10s') && "
+            "duration(self.drainTime) <= duration('24h')",
+            "drainTime must be between 10s and 24h",
+            ".drainTime",
+            lambda u: 10 <= parse_duration(u.drain_time) <= 24 * 3600,
+        ),
+    )
 
     strategy: Literal["Auto", "ZeroDowntime", "Recreate"] = Field(
         default="Auto",
@@ -221,6 +232,16 @@ class Upgrade(ApiModel):
         default="10m",
         description="With strategy Auto: how long to wait for room for the new cluster (free "
         "GPUs, or its workers scheduled) before recreating instead.",
+    )
+    drain_time: str = Field(
+        default="60s",
+        # a Duration whose every form CEL's duration() converts: at most 5 digits a unit (a
+        # longer one, 2562048h, overflows it, and the rule would blame spec.upgrade instead)
+        pattern=r"^([0-9]{1,5}(\.[0-9]{1,9})?(ms|s|m|h)){1,4}$",
+        description="How long the replaced RayCluster keeps running once traffic has moved to "
+        "the new one, so that the requests it is still answering (long generations, streams) "
+        "can finish; KubeRay deletes it then. Between 10s and 24h: the endpoint Service's "
+        "switch must reach every node's kube-proxy before the old pods go.",
     )
 
 

@@ -158,6 +158,8 @@ def rayservice(
         },
         "spec": {
             "upgradeStrategy": {"type": UPGRADE_STRATEGY},
+            # how long the replaced cluster drains after the switch (KubeRay's default: 60)
+            "rayClusterDeletionDelaySeconds": int(parse_duration(spec.upgrade.drain_time)),
             "serveConfigV2": serve_config(application),
             "rayClusterConfig": {
                 "rayVersion": ray_version,

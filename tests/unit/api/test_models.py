@@ -130,3 +130,16 @@ def test_sources_never_carry_credentials(source, ok):
     else:
         with pytest.raises(ValueError, match="must not carry credentials"):
             Weights(source=source)
+
+
+@pytest.mark.parametrize(
+    ("drain", "ok"),
+    [("10s", True), ("90s", True), ("24h", True), ("5s", False), ("0s", False), ("25h", False)],
+)
+def test_drain_time_is_between_10s_and_a_day(drain, ok):
+    spec = {"weights": {"source": "hf://org/model"}, "upgrade": {"drainTime": drain}}
+    if ok:
+        assert AlpacaModelSpec.model_validate(spec).upgrade.drain_time == drain
+    else:
+        with pytest.raises(ValidationError, match="drainTime must be between 10s and 24h"):
+            AlpacaModelSpec.model_validate(spec)
