@@ -164,7 +164,7 @@ def test_a_new_image_without_room_recreates_once_and_counts_the_outage(
         patch = {
             "spec": {
                 "images": {"serving": next_serving_image},
-                "upgrade": {"capacityTimeout": "30s"},
+                "upgrade": {"capacityTimeout": "1m"},
             }
         }
         cp.kubectl_run("patch", "-n", NS, "am", MODEL, "--type=merge", "-p", json.dumps(patch))
