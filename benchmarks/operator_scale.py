@@ -257,16 +257,16 @@ class Watcher:
         )
 
     @staticmethod
-    def _status(obj: Any) -> bool:
+    def _status(obj: dict[str, Any]) -> bool:
         return (obj.get("status") or {}).get("observedGeneration") == 1
 
     @staticmethod
-    def _complete(obj: Any) -> bool:
-        conditions = (obj.status.conditions if obj.status else None) or []
-        return any(c.type == "Complete" and c.status == "True" for c in conditions)
+    def _complete(obj: dict[str, Any]) -> bool:
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Complete" and c["status"] == "True" for c in conditions)
 
     @staticmethod
-    def _exists(obj: Any) -> bool:
+    def _exists(obj: dict[str, Any]) -> bool:
         return True
 
     def _follow(
@@ -276,14 +276,8 @@ class Watcher:
         while True:
             try:
                 for event in w.stream(lister, *args, timeout_seconds=3600, **kwargs):
-                    obj = event["object"]
-                    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
-                    ns, obj_name = (
-                        (meta["namespace"], meta["name"])
-                        if isinstance(meta, dict)
-                        else (meta.namespace, meta.name)
-                    )
-                    key = f"{ns}/{obj_name}"
+                    obj = event["raw_object"]  # the JSON, for typed APIs (Jobs) too
+                    key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
                     if event["type"] != "DELETED" and key not in seen and check(obj):
                         seen[key] = time.monotonic() - self.started
                 return
