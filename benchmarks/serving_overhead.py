@@ -11,6 +11,12 @@ the same prompts, sampling and concurrency (1, 8, 32) through these rows:
                 replicas itself (`request_router: least_connections`)
   app fast ray  the fast path with `request_router: ray`: HAProxy asks Ray's LLMRouter, a
                 Python deployment, for the replica of every request (Ray's own default)
+  app fast loop1s   the fast path with Serve's controller loop every 1 s instead of 0.1 s
+  app fast nice0    the fast path with Ray's workers at nice 0 instead of Ray's 15
+  vllm serve pinned, app fast pinned
+                the row with a core of its own for vLLM's model worker: once it serves,
+                every other process of the row, and this client, moves to the core vLLM
+                reserves for its scheduler (decision 40)
 
 Every row is a fresh process tree, started, warmed up, measured at each concurrency and
 stopped (all its processes gone) before the next starts. The machine is shared and drifts by
@@ -58,11 +64,22 @@ ENGINE: dict[str, Any] = {
     "enforce_eager": True,
     "kv_cache_memory_bytes": 256 * 2**20,
 }
-ROWS = ("engine", "vllm-serve", "app-standard", "app-fast", "app-fast-ray", "app-fast-loop1s")
+ROWS = (
+    "engine", "vllm-serve", "app-standard", "app-fast", "app-fast-ray", "app-fast-loop1s",
+    "vllm-serve-pinned", "app-fast-pinned", "app-fast-nice0",
+)  # fmt: skip
+# rows whose engine has a core of its own: once the row serves, every process of its tree but
+# vLLM's model worker (and this client) is moved off the cores the worker's threads are bound
+# to. vLLM binds the worker to every core but the ones it reserves "for the scheduler"
+# (VLLM_CPU_NUM_OF_RESERVED_CPU, one here) and assumes nothing else runs there.
+PINNED = {"vllm-serve-pinned", "app-fast-pinned"}
 ROW_ENV = {
     # Serve's controller loop every 1 s instead of 0.1 s: less CPU beside the engine on a
     # small machine, slower reactions (replica states, autoscaling decisions)
     "app-fast-loop1s": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0"},
+    # Ray starts its workers (our replica, so vLLM's EngineCore and model worker too) at nice
+    # 15, below its own daemons, HAProxy's and this client's nice 0; `vllm serve` runs at 0
+    "app-fast-nice0": {"RAY_worker_niceness": "0"},
 }
 START_TIMEOUT = 900.0
 # which process of a row's tree did the work (first match of its name or command line)
@@ -392,7 +409,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
-    if row == "vllm-serve":
+    if row in ("vllm-serve", "vllm-serve-pinned"):
         return [
             # `vllm serve` is this module behind a CLI that looks up the `vllm` distribution
             # (here `vllm-cpu`)
@@ -420,6 +437,8 @@ def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
         "app-fast": "fast",
         "app-fast-ray": "fast",
         "app-fast-loop1s": "fast",
+        "app-fast-pinned": "fast",
+        "app-fast-nice0": "fast",
     }[row]
     return [
         PYTHON, "-m", "alpaca_serving", "serve", "--config", str(config),
@@ -479,13 +498,54 @@ def run_row(
             env=env, start_new_session=True,
         )  # fmt: skip
     tree = Tree(proc.pid)
+    own = os.sched_getaffinity(0)
     try:
         _wait_ready(url, proc, log)
         started = time.perf_counter() - start
+        if row in PINNED:
+            print(f"  {row}: {pin_beside_engine(tree)}", flush=True)
         done = asyncio.run(drive_http(url, levels, max_tokens, tree))
     finally:
         tree.stop()
+        _set_affinity(os.getpid(), own)
     return Run(row, done, tree.peak_rss, tree.peak_pss, started)
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of the process (sched_setaffinity moves only the one it names)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin_beside_engine(tree: Tree) -> str:
+    """Moves the tree's processes but vLLM's model worker, and this client, to the cores the
+    worker is not bound to. Says what it did."""
+    procs = tree.members()
+    workers = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if "VLLM::Worker" in " ".join(p.cmdline()) or "VLLM::Worker" in p.name():
+                workers.append(p)
+    if len(workers) != 1:
+        return f"not pinned: {len(workers)} vLLM workers in the tree"
+    bound: set[int] = set()
+    for task in Path(f"/proc/{workers[0].pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            mask = os.sched_getaffinity(int(task.name))
+            if len(mask) < os.cpu_count():
+                bound |= mask
+    rest = set(range(os.cpu_count() or 1)) - bound
+    if not bound or not rest:
+        return f"not pinned: the worker's threads are bound to {sorted(bound)}"
+    moved = 0
+    for p in procs:
+        if p.pid != workers[0].pid:
+            with contextlib.suppress(OSError, psutil.Error):
+                _set_affinity(p.pid, rest)
+                moved += 1
+    _set_affinity(os.getpid(), rest)
+    return f"worker bound to cores {sorted(bound)}; {moved} processes and the client moved to {sorted(rest)}"
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -504,7 +564,7 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
     rows = [r for r in ROWS if runs.get(r)]
     for i, c in enumerate(concurrencies):
         print(f"\n-- concurrency {c} --")
-        head = f"{'row':13} {'tok/s':>7} {'(spread)':>10} {'req/s':>6} {'TTFT p50':>9} {'p99':>7} {'e2e p50':>8} {'p99':>7} {'gap p50':>8} {'p99':>7} {'x serve':>8} {'x engine':>8} {'+TTFT50':>8} {'+TTFT99':>8} {'err':>4}"
+        head = f"{'row':17} {'tok/s':>7} {'(spread)':>10} {'req/s':>6} {'TTFT p50':>9} {'p99':>7} {'e2e p50':>8} {'p99':>7} {'gap p50':>8} {'p99':>7} {'x serve':>8} {'x engine':>8} {'+TTFT50':>8} {'+TTFT99':>8} {'err':>4}"
         print(head + "\n" + "-" * len(head))
         stat: dict[str, dict[str, float]] = {}
         for row in rows:
@@ -529,7 +589,7 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
             d50 = f"{s['t50'] - base['t50']:+.1f}" if base else "-"
             d99 = f"{s['t99'] - base['t99']:+.1f}" if base else "-"
             print(
-                f"{row:13} {s['tok']:7.1f} {s['spread']:>10} {s['req']:6.2f} {s['t50']:9.1f} {s['t99']:7.1f} "
+                f"{row:17} {s['tok']:7.1f} {s['spread']:>10} {s['req']:6.2f} {s['t50']:9.1f} {s['t99']:7.1f} "
                 f"{s['e50']:8.1f} {s['e99']:7.1f} {s['g50']:8.1f} {s['g99']:7.1f} {vs:>8} {ve:>8} {d50:>8} {d99:>8} {s['err']:4.0f}"
             )
         print("CPU ms per request, by process group (median over rounds):")
@@ -543,7 +603,7 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
             parts = ", ".join(
                 f"{g} {v:.1f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
             )
-            print(f"  {row:13} total {total:7.1f}: {parts}")
+            print(f"  {row:17} total {total:7.1f}: {parts}")
     print("\nmemory, peak summed over the row's processes (median over rounds), and start-up:")
     base = runs.get("vllm-serve")
     for row in rows:
@@ -551,7 +611,7 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
         ratio = f"  {pss / med([r.peak_pss for r in base]):.2f}x vllm serve (PSS)" if base else ""
         start = med([r.start_s for r in runs[row]])
         started = f"   serving {start:.0f} s after launch" if start else ""
-        print(f"  {row:13} RSS {rss:5.2f} GiB  PSS {pss:5.2f} GiB{ratio}{started}")
+        print(f"  {row:17} RSS {rss:5.2f} GiB  PSS {pss:5.2f} GiB{ratio}{started}")
 
 
 def model_folder(name: str, work: Path) -> str:
