@@ -82,6 +82,7 @@ ROW_ENV = {
     "app-fast-nice0": {"RAY_worker_niceness": "0"},
 }
 START_TIMEOUT = 900.0
+WORKER = "vLLM model worker"
 # which process of a row's tree did the work (first match of its name or command line)
 GROUPS = (
     ("ServeReplica:alpaca:AlpacaLLMServer", "LLMServer replica"),  # ours, on every model
@@ -95,6 +96,7 @@ GROUPS = (
     ("haproxy", "HAProxy"),
     ("ServeController", "Serve controller"),
     ("EngineCore", "vLLM EngineCore"),
+    ("VLLM::Worker", WORKER),
     ("raylet", "raylet"),
     ("gcs_server", "GCS"),
     ("ray::", "other Ray workers"),
@@ -432,14 +434,7 @@ def server_command(row: str, model: str, port: int, work: Path) -> list[str]:
             | ({"request_router": "ray"} if row == "app-fast-ray" else {})
         )
     )
-    path = {
-        "app-standard": "standard",
-        "app-fast": "fast",
-        "app-fast-ray": "fast",
-        "app-fast-loop1s": "fast",
-        "app-fast-pinned": "fast",
-        "app-fast-nice0": "fast",
-    }[row]
+    path = "standard" if row == "app-standard" else "fast"
     return [
         PYTHON, "-m", "alpaca_serving", "serve", "--config", str(config),
         "--port", str(port), "--request-path", path,
@@ -522,20 +517,17 @@ def pin_beside_engine(tree: Tree) -> str:
     """Moves the tree's processes but vLLM's model worker, and this client, to the cores the
     worker is not bound to. Says what it did."""
     procs = tree.members()
-    workers = []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            if "VLLM::Worker" in " ".join(p.cmdline()) or "VLLM::Worker" in p.name():
-                workers.append(p)
+    workers = [p for p in procs if group_of(p, tree.root) == WORKER]
     if len(workers) != 1:
         return f"not pinned: {len(workers)} vLLM workers in the tree"
+    every = set(range(os.cpu_count() or 1))
     bound: set[int] = set()
     for task in Path(f"/proc/{workers[0].pid}/task").iterdir():
         with contextlib.suppress(OSError):
             mask = os.sched_getaffinity(int(task.name))
-            if len(mask) < os.cpu_count():
+            if mask < every:
                 bound |= mask
-    rest = set(range(os.cpu_count() or 1)) - bound
+    rest = every - bound
     if not bound or not rest:
         return f"not pinned: the worker's threads are bound to {sorted(bound)}"
     moved = 0
