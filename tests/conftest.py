@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from alpaca_dev.controlplane import ControlPlane, stop_process
+from tests.timeline import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401 (hooks)
 from tests.xdist_schedule import pytest_xdist_make_scheduler  # noqa: F401 (a hook: xdist's controller)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,12 +31,27 @@ WAIT = 1200.0
 without it (the lock spares start-ups a busy machine, it must never be what fails a test)."""
 
 
+def _log() -> Path:
+    """Who waited for the lock and how long each held it, a line each (read by tests/timeline.py
+    for the run's summary)."""
+    return LOCK.with_name(LOCK.name + ".log")
+
+
+def waits() -> list[tuple[float, str]]:
+    """The log's entries, (when the phase asked for the lock, epoch seconds; what happened)."""
+    try:
+        lines = _log().read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [(float(when), what) for when, what in (line.split(" ", 1) for line in lines)]
+
+
 @contextlib.contextmanager
 def exclusive(what: str, wait: float = WAIT) -> Iterator[None]:
     """Hold the run's lock for `what` (named in a line on stderr when it had to wait)."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with LOCK.open("a") as handle:
-        start = time.monotonic()
+        asked, start = time.time(), time.monotonic()
         held = contended = False
         while not held:
             try:
@@ -52,8 +67,13 @@ def exclusive(what: str, wait: float = WAIT) -> Iterator[None]:
             print(f"{what}: run's lock still held after {waited:.0f}s; going on", file=sys.stderr)
         elif contended:
             print(f"{what}: waited {waited:.0f}s for the run's lock", file=sys.stderr)
+        got = time.monotonic()
         try:
             yield
         finally:
             if held:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+            then = "held it" if held else "went on without it"
+            line = f"{what}: waited {waited:.0f} s, then {then} {time.monotonic() - got:.0f} s"
+            with _log().open("a") as log:
+                log.write(f"{asked:.3f} {line}\n")
