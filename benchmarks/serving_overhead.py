@@ -9,6 +9,9 @@ the same prompts, sampling and concurrency (1, 8, 32) through these rows:
   app fast      our app on the fast path (HAProxy, direct ingress, LLMServer as the ingress,
                 throughput-optimized transport), as it is by default: HAProxy balances the
                 replicas itself (`request_router: least_connections`)
+  app fast direct
+                the fast path with the client sending to the LLMServer replica's own port
+                (Serve's direct ingress), not HAProxy's: HAProxy's hop is the difference
   app fast ray  the fast path with `request_router: ray`: HAProxy asks Ray's LLMRouter, a
                 Python deployment, for the replica of every request (Ray's own default)
   app fast loop1s   the fast path with Serve's controller loop every 1 s instead of 0.1 s
@@ -26,8 +29,11 @@ between chunks are measured as a client sees them.
 
 Per row and concurrency: output tokens/s, requests/s, TTFT p50/p99, end-to-end p50/p99, the
 gap between streamed chunks (p50/p99), CPU milliseconds per request by process group (where
-the time goes), peak summed RSS and PSS of the row's processes; ratios to `vllm serve` and to
-the engine.
+the time goes; for an app row also the share of the groups that would run on the model's node
+in a RayService, against `vllm serve`'s), peak summed RSS and PSS of the row's processes;
+ratios to `vllm serve` and to the engine. Before the levels, each row idles 20 s after its
+warm-up: its processes' CPU per second then (Ray's loops, health checks, metrics) is the
+background, which the CPU lines separate from what the requests themselves cost.
 
     .venv/bin/python benchmarks/serving_overhead.py [--models tiny,smollm2] [--rounds 2]
         [--concurrency 1,8,32] [--rows engine,vllm-serve,app-standard,app-fast] [--max-tokens 32]
@@ -65,9 +71,13 @@ ENGINE: dict[str, Any] = {
     "kv_cache_memory_bytes": 256 * 2**20,
 }
 ROWS = (
-    "engine", "vllm-serve", "app-standard", "app-fast", "app-fast-ray", "app-fast-loop1s",
-    "vllm-serve-pinned", "app-fast-pinned", "app-fast-nice0",
+    "engine", "vllm-serve", "app-standard", "app-fast", "app-fast-direct", "app-fast-ray",
+    "app-fast-loop1s", "vllm-serve-pinned", "app-fast-pinned", "app-fast-nice0",
 )  # fmt: skip
+# the fast-path app with the client sending to the LLMServer replica's own HTTP port (Serve's
+# direct ingress, what HAProxy forwards to) instead of HAProxy's: HAProxy's hop is the
+# difference to `app-fast`
+DIRECT = {"app-fast-direct"}
 # rows whose engine has a core of its own: once the row serves, every process of its tree but
 # vLLM's model worker (and this client) is moved off the cores the worker's threads are bound
 # to. vLLM binds the worker to every core but the ones it reserves "for the scheduler"
@@ -77,12 +87,15 @@ ROW_ENV = {
     # Serve's controller loop every 1 s instead of 0.1 s: less CPU beside the engine on a
     # small machine, slower reactions (replica states, autoscaling decisions)
     "app-fast-loop1s": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0"},
-    # Ray starts its workers (our replica, so vLLM's EngineCore and model worker too) at nice
-    # 15, below its own daemons, HAProxy's and this client's nice 0; `vllm serve` runs at 0
+    # Ray starts its workers (our replica, so vLLM's EngineCore and model worker too, and
+    # HAProxy, a child of Ray's HAProxy manager actor) at nice 15, below its own daemons' and
+    # this client's 0; `vllm serve` runs at 0
     "app-fast-nice0": {"RAY_worker_niceness": "0"},
 }
-START_TIMEOUT = 900.0
 WORKER = "vLLM model worker"
+DIRECT_PORTS = (30000, 31000)  # Ray Serve's range for replicas' direct-ingress HTTP ports
+START_TIMEOUT = 900.0
+IDLE_S = 20.0
 # which process of a row's tree did the work (first match of its name or command line)
 GROUPS = (
     ("ServeReplica:alpaca:AlpacaLLMServer", "LLMServer replica"),  # ours, on every model
@@ -99,9 +112,24 @@ GROUPS = (
     ("VLLM::Worker", WORKER),
     ("raylet", "raylet"),
     ("gcs_server", "GCS"),
+    ("DashboardAgent", "Ray dashboard agent"),
+    ("RuntimeEnvAgent", "Ray runtime env agent"),
+    ("ray::IDLE", "idle Ray worker"),
+    ("log_monitor.py", "Ray log monitor"),
+    ("dashboard/dashboard.py", "Ray dashboard"),
+    ("/monitor.py", "Ray autoscaler monitor"),
     ("ray::", "other Ray workers"),
     ("ray/", "other Ray processes"),
 )
+HEAD_POD = {
+    "Serve controller", "GCS", "Ray dashboard", "Ray autoscaler monitor",
+    "launcher (row's main process)",
+}  # fmt: skip
+"""Where a group runs in the RayService the operator renders, for an app row: these on the
+head pod (`num-cpus: 0`; the launcher is the serve command's driver, which a RayService does not
+have: KubeRay deploys through the dashboard), every other group on the model's worker node
+(HAProxy, the Python proxy, raylet and Ray's agents run on every node). On this machine all of
+them share the engine's 2 cores; the report gives the model node's share on its own."""
 
 
 def group_of(proc: psutil.Process, root: int) -> str:
@@ -236,6 +264,9 @@ class Level:
     gaps: list[float]
     cpu: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    idle: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per second by group with no request in flight, measured before the levels:
+    what the row's processes spend whatever the load (loops, health checks, metrics)."""
 
     @property
     def tok_s(self) -> float:
@@ -324,10 +355,17 @@ async def _levels(one: Any, levels: list[tuple[int, int]], tree: Tree | None) ->
     """Drive `one()` (-> ttft, e2e, gaps, tokens) at each (concurrency, requests)."""
     for _ in range(2):  # warm-up: first-request paths, caches
         await one()
+    # the background: vLLM's processes spin for 1 s after their last message, then sleep
+    await asyncio.sleep(2)
+    before = tree.cpu() if tree else {}
+    start = time.perf_counter()
+    await asyncio.sleep(IDLE_S)
+    after = tree.cpu() if tree else {}
+    idle = {k: (after[k] - before.get(k, 0.0)) / (time.perf_counter() - start) for k in after}
     out = []
     for concurrency, requests in levels:
         sem = asyncio.Semaphore(concurrency)
-        level = Level(concurrency, requests, 0.0, 0, [], [], [])
+        level = Level(concurrency, requests, 0.0, 0, [], [], [], idle=idle)
 
         before = tree.cpu() if tree else {}
         start = time.perf_counter()
@@ -499,11 +537,34 @@ def run_row(
         started = time.perf_counter() - start
         if row in PINNED:
             print(f"  {row}: {pin_beside_engine(tree)}", flush=True)
+        if row in DIRECT:
+            url = replica_url(tree)
+            print(f"  {row}: the client sends to {url}", flush=True)
         done = asyncio.run(drive_http(url, levels, max_tokens, tree))
     finally:
         tree.stop()
         _set_affinity(os.getpid(), own)
     return Run(row, done, tree.peak_rss, tree.peak_pss, started)
+
+
+def replica_url(tree: Tree) -> str:
+    """The LLMServer replica's own HTTP port (Serve's direct ingress: the port HAProxy's backend
+    names), on loopback."""
+    ports = []
+    for p in tree.members():
+        if group_of(p, tree.root) != "LLMServer replica":
+            continue
+        with contextlib.suppress(psutil.Error):
+            ports += [
+                c.laddr for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and DIRECT_PORTS[0] <= c.laddr.port <= DIRECT_PORTS[1]
+            ]  # fmt: skip
+    if len(ports) != 1:
+        raise RuntimeError(f"want one direct-ingress port of one replica, found {ports}")
+    host, port = ports[0].ip, ports[0].port
+    if not host.startswith("127."):
+        raise RuntimeError(f"the replica listens on {host}, not loopback")
+    return f"http://{host}:{port}"
 
 
 def _set_affinity(pid: int, cpus: set[int]) -> None:
@@ -585,17 +646,18 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
                 f"{s['e50']:8.1f} {s['e99']:7.1f} {s['g50']:8.1f} {s['g99']:7.1f} {vs:>8} {ve:>8} {d50:>8} {d99:>8} {s['err']:4.0f}"
             )
         print("CPU ms per request, by process group (median over rounds):")
-        for row in rows:
-            levels = [run.levels[i] for run in runs[row]]
-            groups = sorted({g for lv in levels for g in lv.cpu})
-            per = {
-                g: med([lv.cpu.get(g, 0.0) * 1000 / lv.requests for lv in levels]) for g in groups
-            }
-            total = sum(per.values())
-            parts = ", ".join(
-                f"{g} {v:.1f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
-            )
-            print(f"  {row:17} total {total:7.1f}: {parts}")
+        cpu_lines(rows, runs, i)
+    print(
+        "\nbackground: CPU ms per second with no request in flight, by group (median over rounds):"
+    )
+    for row in rows:
+        idle = [run.levels[0].idle for run in runs[row] if run.levels]
+        groups = sorted({g for d in idle for g in d})
+        per = {g: med([d.get(g, 0.0) * 1000 for d in idle]) for g in groups}
+        parts = ", ".join(
+            f"{g} {v:.0f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
+        )
+        print(f"  {row:17} total {sum(per.values()):5.0f}: {parts}")
     print("\nmemory, peak summed over the row's processes (median over rounds), and start-up:")
     base = runs.get("vllm-serve")
     for row in rows:
@@ -604,6 +666,54 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
         start = med([r.start_s for r in runs[row]])
         started = f"   serving {start:.0f} s after launch" if start else ""
         print(f"  {row:17} RSS {rss:5.2f} GiB  PSS {pss:5.2f} GiB{ratio}{started}")
+
+
+def cpu_lines(rows: list[str], runs: dict[str, list[Run]], i: int) -> None:
+    """Each row's CPU per request at level i, by group; split into the background (the idle
+    rate over the level's wall time: a fixed cost per second, which a faster engine spreads over
+    more requests) and the work the requests themselves cost, and, for an app row, into the
+    groups that would run on the model's node in a RayService and those of the head pod."""
+    base: dict[str, float] = {}
+    for row in sorted(rows, key=lambda r: r != "vllm-serve"):
+        levels = [run.levels[i] for run in runs[row]]
+        groups = sorted({g for lv in levels for g in lv.cpu})
+        per = {g: med([lv.cpu.get(g, 0.0) * 1000 / lv.requests for lv in levels]) for g in groups}
+        total = sum(per.values())
+        parts = ", ".join(
+            f"{g} {v:.1f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
+        )
+        print(f"  {row:17} total {total:7.1f}: {parts}")
+        rate = med([sum(lv.idle.values()) * 1000 for lv in levels])
+        bg = med([sum(lv.idle.values()) * 1000 * lv.wall / lv.requests for lv in levels])
+        node = sum(v for g, v in per.items() if g not in HEAD_POD)
+        node_bg = med(
+            [
+                sum(v for g, v in lv.idle.items() if g not in HEAD_POD)
+                * 1000
+                * lv.wall
+                / lv.requests
+                for lv in levels
+            ]
+        )
+        split = {"total": total, "work": total - bg, "node": node, "node work": node - node_bg}
+        if row == "vllm-serve":
+            base = split
+        line = f"{'':19}background {bg:.1f} (idle {rate:.0f} ms/s), requests' work {total - bg:.1f}"
+        if row.startswith("app"):
+            line += f"; model's node {node:.1f} (work {node - node_bg:.1f}), head pod {total - node:.1f}"
+        if base and row != "vllm-serve":
+            line += "; vllm serve's CPU per request over this row's: " + ", ".join(
+                f"{k} {_base_for(base, k) / v:.3f}x"
+                for k, v in split.items()
+                if v > 0 and (row.startswith("app") or not k.startswith("node"))
+            )
+        print(line)
+
+
+def _base_for(base: dict[str, float], key: str) -> float:
+    """`vllm serve` runs on the model's node as a whole: its total against a node's total, its
+    work against a node's work."""
+    return base["work"] if key.endswith("work") else base["total"]
 
 
 def model_folder(name: str, work: Path) -> str:
