@@ -16,6 +16,8 @@ the same prompts, sampling and concurrency (1, 8, 32) through these rows:
                 Python deployment, for the replica of every request (Ray's own default)
   app fast loop1s   the fast path with Serve's controller loop every 1 s instead of 0.1 s
   app fast nice0    the fast path with Ray's workers at nice 0 instead of Ray's 15
+  app fast engine19 the fast path with Ray's workers at nice 0 and, once the row serves, vLLM's
+                EngineCore and model worker at 19: below every other process (decision 40)
   vllm serve pinned, app fast pinned
                 the row with a core of its own for vLLM's model worker: once it serves,
                 every other process of the row, and this client, moves to the core vLLM
@@ -73,6 +75,7 @@ ENGINE: dict[str, Any] = {
 ROWS = (
     "engine", "vllm-serve", "app-standard", "app-fast", "app-fast-direct", "app-fast-ray",
     "app-fast-loop1s", "vllm-serve-pinned", "app-fast-pinned", "app-fast-nice0",
+    "app-fast-engine19",
 )  # fmt: skip
 # the fast-path app with the client sending to the LLMServer replica's own HTTP port (Serve's
 # direct ingress, what HAProxy forwards to) instead of HAProxy's: HAProxy's hop is the
@@ -91,8 +94,15 @@ ROW_ENV = {
     # HAProxy, a child of Ray's HAProxy manager actor) at nice 15, below its own daemons' and
     # this client's 0; `vllm serve` runs at 0
     "app-fast-nice0": {"RAY_worker_niceness": "0"},
+    "app-fast-engine19": {"RAY_worker_niceness": "0"},
 }
 WORKER = "vLLM model worker"
+RENICE = {
+    # every Ray worker at 0 (ROW_ENV), and once the row serves vLLM's processes at 19, below
+    # every other process: vLLM's processes wait for each other's messages by spinning
+    # (sched_yield), so a process at their priority gets a core only when they yield it
+    "app-fast-engine19": {"vLLM EngineCore": 19, WORKER: 19},
+}
 DIRECT_PORTS = (30000, 31000)  # Ray Serve's range for replicas' direct-ingress HTTP ports
 START_TIMEOUT = 900.0
 IDLE_S = 20.0
@@ -537,6 +547,8 @@ def run_row(
         started = time.perf_counter() - start
         if row in PINNED:
             print(f"  {row}: {pin_beside_engine(tree)}", flush=True)
+        if row in RENICE:
+            print(f"  {row}: {renice(tree, RENICE[row])}", flush=True)
         if row in DIRECT:
             url = replica_url(tree)
             print(f"  {row}: the client sends to {url}", flush=True)
@@ -565,6 +577,19 @@ def replica_url(tree: Tree) -> str:
     if not host.startswith("127."):
         raise RuntimeError(f"the replica listens on {host}, not loopback")
     return f"http://{host}:{port}"
+
+
+def renice(tree: Tree, nice: dict[str, int]) -> str:
+    """Every thread of the tree's processes in those groups to that nice value. Says what."""
+    done = []
+    for p in tree.members():
+        group = group_of(p, tree.root)
+        if group in nice:
+            for task in Path(f"/proc/{p.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice[group])
+            done.append(f"{group} ({p.pid}) at {nice[group]}")
+    return "; ".join(done) or f"nothing reniced: none of {sorted(nice)} in the tree"
 
 
 def _set_affinity(pid: int, cpus: set[int]) -> None:
