@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -585,18 +586,26 @@ def renice(tree: Tree, nice: dict[str, int]) -> str:
     for p in tree.members():
         group = group_of(p, tree.root)
         if group in nice:
-            for task in Path(f"/proc/{p.pid}/task").iterdir():
+            for task in _tasks(p.pid):
                 with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice[group])
+                    os.setpriority(os.PRIO_PROCESS, task, nice[group])
             done.append(f"{group} ({p.pid}) at {nice[group]}")
     return "; ".join(done) or f"nothing reniced: none of {sorted(nice)} in the tree"
 
 
+def _tasks(pid: int) -> list[int]:
+    """The process's threads (sched_setaffinity and setpriority act on the one they name)."""
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
 def _set_affinity(pid: int, cpus: set[int]) -> None:
-    """Every thread of the process (sched_setaffinity moves only the one it names)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    """Every thread of the process."""
+    for task in _tasks(pid):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(task.name), cpus)
+            os.sched_setaffinity(task, cpus)
 
 
 def pin_beside_engine(tree: Tree) -> str:
@@ -608,9 +617,9 @@ def pin_beside_engine(tree: Tree) -> str:
         return f"not pinned: {len(workers)} vLLM workers in the tree"
     every = set(range(os.cpu_count() or 1))
     bound: set[int] = set()
-    for task in Path(f"/proc/{workers[0].pid}/task").iterdir():
+    for task in _tasks(workers[0].pid):
         with contextlib.suppress(OSError):
-            mask = os.sched_getaffinity(int(task.name))
+            mask = os.sched_getaffinity(task)
             if mask < every:
                 bound |= mask
     rest = every - bound
@@ -679,10 +688,7 @@ def report(model: str, runs: dict[str, list[Run]], concurrencies: list[int]) -> 
         idle = [run.levels[0].idle for run in runs[row] if run.levels]
         groups = sorted({g for d in idle for g in d})
         per = {g: med([d.get(g, 0.0) * 1000 for d in idle]) for g in groups}
-        parts = ", ".join(
-            f"{g} {v:.0f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
-        )
-        print(f"  {row:17} total {sum(per.values()):5.0f}: {parts}")
+        print(f"  {row:17} total {sum(per.values()):5.0f}: {_largest_first(per, 0)}")
     print("\nmemory, peak summed over the row's processes (median over rounds), and start-up:")
     base = runs.get("vllm-serve")
     for row in rows:
@@ -704,22 +710,11 @@ def cpu_lines(rows: list[str], runs: dict[str, list[Run]], i: int) -> None:
         groups = sorted({g for lv in levels for g in lv.cpu})
         per = {g: med([lv.cpu.get(g, 0.0) * 1000 / lv.requests for lv in levels]) for g in groups}
         total = sum(per.values())
-        parts = ", ".join(
-            f"{g} {v:.1f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.5
-        )
-        print(f"  {row:17} total {total:7.1f}: {parts}")
+        print(f"  {row:17} total {total:7.1f}: {_largest_first(per, 1)}")
         rate = med([sum(lv.idle.values()) * 1000 for lv in levels])
-        bg = med([sum(lv.idle.values()) * 1000 * lv.wall / lv.requests for lv in levels])
+        bg = _background(levels, lambda g: True)
         node = sum(v for g, v in per.items() if g not in HEAD_POD)
-        node_bg = med(
-            [
-                sum(v for g, v in lv.idle.items() if g not in HEAD_POD)
-                * 1000
-                * lv.wall
-                / lv.requests
-                for lv in levels
-            ]
-        )
+        node_bg = _background(levels, lambda g: g not in HEAD_POD)
         split = {"total": total, "work": total - bg, "node": node, "node work": node - node_bg}
         if row == "vllm-serve":
             base = split
@@ -733,6 +728,23 @@ def cpu_lines(rows: list[str], runs: dict[str, list[Run]], i: int) -> None:
                 if v > 0 and (row.startswith("app") or not k.startswith("node"))
             )
         print(line)
+
+
+def _largest_first(per: dict[str, float], digits: int) -> str:
+    """'group value, ...' from the largest value down, leaving out those under 0.5."""
+    ordered = sorted(per.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{g} {v:.{digits}f}" for g, v in ordered if v >= 0.5)
+
+
+def _background(levels: list[Level], counted: Callable[[str], bool]) -> float:
+    """The background's CPU ms per request of the counted groups: their idle rate over each
+    level's wall time, shared by its requests (median over rounds)."""
+    return med(
+        [
+            sum(v for g, v in lv.idle.items() if counted(g)) * 1000 * lv.wall / lv.requests
+            for lv in levels
+        ]
+    )
 
 
 def _base_for(base: dict[str, float], key: str) -> float:
